@@ -1,0 +1,28 @@
+# art-backdoor-ext: `make test` and `make demo` create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: test demo lint bench-fast clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/art-backdoor-ext demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check art_backdoor_ext tests examples
+	$(VENV)/bin/mypy
+
+bench-fast: $(STAMP)
+	$(VENV)/bin/art-backdoor-ext bench all --profile fast
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,190 @@
+"""PyTorch hygiene shared by every method.
+
+- :func:`capture` records the outputs of several named layers in one forward pass; its hooks are always
+  removed, even when the forward pass raises. (ART's ``get_activations`` leaks a hook per call.)
+- :func:`eval_mode` puts a model in eval mode and restores every module's previous mode afterwards.
+- :func:`preprocess` applies an ART classifier's preprocessing to a torch tensor, differentiably.
+- :func:`extract_features` runs a classifier over numpy data in batches and returns numpy features.
+
+This module imports nothing from the rest of the package except the exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from art_backdoor_ext.exceptions import InvalidParameterError
+
+if TYPE_CHECKING:
+    from art.estimators.classification import PyTorchClassifier
+
+__all__ = [
+    "capture",
+    "eval_mode",
+    "resolve_layers",
+    "layer_names",
+    "classifier_device",
+    "to_tensor",
+    "to_numpy",
+    "batch_slices",
+    "preprocess",
+    "forward",
+    "extract_features",
+    "predict_logits",
+]
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of the model's sub-modules, in registration order (the root excluded)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """Map layer names to modules; an unknown name raises and lists the valid ones."""
+    modules = dict(model.named_modules())
+    resolved: dict[str, nn.Module] = {}
+    for name in names:
+        if not isinstance(name, str) or name not in modules or name == "":
+            valid = ", ".join(layer_names(model))
+            raise InvalidParameterError(f"unknown layer {name!r}; the model's layers are: {valid}")
+        resolved[name] = modules[name]
+    return resolved
+
+
+@contextmanager
+def capture(model: nn.Module, layers: Sequence[str], *, flatten: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of ``layers`` during forward passes inside the ``with`` block.
+
+    The returned dict maps each layer name to the output of its most recent forward call (kept in the
+    autograd graph). Hooks are removed on exit, also when an exception is raised.
+
+    :param flatten: Store outputs flattened to (N, -1).
+    """
+    modules = resolve_layers(model, layers)
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(layer: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            tensor = output[0] if isinstance(output, tuple | list) else output
+            outputs[layer] = tensor.flatten(1) if flatten else tensor
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode; restore each module's previous ``training`` flag on exit."""
+    previous = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for module, was_training in previous:
+            module.training = was_training
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Disable ``requires_grad`` on the model's parameters; restore the flags on exit."""
+    previous = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in previous:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in previous:
+            p.requires_grad_(flag)
+
+
+def classifier_device(classifier: PyTorchClassifier) -> torch.device:
+    """The device an ART ``PyTorchClassifier`` runs on."""
+    device = getattr(classifier, "device", None) or getattr(classifier, "_device", None)
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def to_tensor(x: np.ndarray, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A new tensor on ``device`` (never a view of the caller's array)."""
+    return torch.tensor(np.asarray(x), dtype=dtype, device=device)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """Detach, move to CPU and convert."""
+    return t.detach().cpu().numpy()
+
+
+def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices covering ``range(n)``."""
+    if batch_size < 1:
+        raise InvalidParameterError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def preprocess(classifier: PyTorchClassifier, x: torch.Tensor) -> torch.Tensor:
+    """Apply the classifier's preprocessing (e.g. mean/std standardisation) to a tensor, keeping gradients."""
+    if not classifier.preprocessing_operations:
+        return x
+    if not classifier.all_framework_preprocessing:
+        raise InvalidParameterError(
+            "the classifier has preprocessing that is not implemented in PyTorch "
+            f"({[type(p).__name__ for p in classifier.preprocessing_operations]}); gradient-based methods need "
+            "PyTorch preprocessing (e.g. preprocessing=(mean, std))"
+        )
+    x_pre, _ = classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)
+    return x_pre
+
+
+def forward(classifier: PyTorchClassifier, x: torch.Tensor) -> torch.Tensor:
+    """Logits of the classifier's model for a raw-input tensor (preprocessing applied)."""
+    return classifier.model(preprocess(classifier, x))
+
+
+def predict_logits(classifier: PyTorchClassifier, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """Logits for numpy input in batches, model in eval mode, no gradients, mode restored afterwards."""
+    return extract_features(classifier, x, layers=[], batch_size=batch_size, include_logits=True)["logits"]
+
+
+def extract_features(
+    classifier: PyTorchClassifier,
+    x: np.ndarray,
+    layers: Sequence[str],
+    *,
+    batch_size: int = 256,
+    flatten: bool = True,
+    include_logits: bool = False,
+) -> dict[str, np.ndarray]:
+    """Outputs of several layers from one forward pass per batch, as numpy arrays.
+
+    :param x: Raw inputs (N, C, H, W); the classifier's preprocessing is applied.
+    :param layers: Layer names of ``classifier.model``.
+    :param flatten: Flatten each layer's output to (N, D).
+    :param include_logits: Also return the model output under the key ``"logits"``.
+    """
+    model = classifier.model
+    device = classifier_device(classifier)
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    if include_logits:
+        collected["logits"] = []
+    with eval_mode(model), torch.no_grad(), capture(model, layers, flatten=flatten) as outputs:
+        for sl in batch_slices(len(x), batch_size):
+            logits = forward(classifier, to_tensor(x[sl], device))
+            for name in layers:
+                collected[name].append(to_numpy(outputs[name]))
+            if include_logits:
+                collected["logits"].append(to_numpy(logits))
+    return {name: np.concatenate(parts, axis=0) for name, parts in collected.items()}

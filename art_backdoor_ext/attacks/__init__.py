@@ -1,0 +1,1 @@
+"""Backdoor poisoning attacks and trigger functions (PyTorch side of ART)."""

@@ -1,0 +1,94 @@
+"""Paper-table and speed benchmarks, each with a ``fast`` and a ``full`` profile.
+
+``art-backdoor-ext bench NAME --profile fast|full`` runs one; results are :class:`BenchmarkReport` objects
+(Markdown tables plus JSON). Library code never imports this package.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from art_backdoor_ext.exceptions import InvalidParameterError
+
+__all__ = ["BenchmarkReport", "BENCHMARKS", "register_benchmark", "run_benchmark", "machine_description"]
+
+
+def machine_description() -> str:
+    """CPU/GPU and library versions, for the record."""
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    return f"{platform.machine()} {device}, torch {torch.__version__}, python {platform.python_version()}"
+
+
+@dataclass
+class BenchmarkReport:
+    """Tables (title -> list of row dicts) plus notes, with the profile, machine and date."""
+
+    name: str
+    profile: str
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    machine: str = field(default_factory=machine_description)
+    date: str = field(default_factory=lambda: _dt.date.today().isoformat())
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "profile": self.profile, "tables": self.tables, "notes": self.notes,
+                "machine": self.machine, "date": self.date, "seconds": self.seconds}
+
+    def to_markdown(self) -> str:
+        out = [f"## bench {self.name} ({self.profile} profile)", "",
+               f"Machine: {self.machine}; date {self.date}; {self.seconds:.0f} s in all.", ""]
+        for title, rows in self.tables.items():
+            out += [f"### {title}", "", _table(rows), ""]
+        out += [f"- {n}" for n in self.notes]
+        return "\n".join(out)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.3f}"
+    return str(value)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+BENCHMARKS: dict[str, Callable[..., BenchmarkReport]] = {}
+
+
+def register_benchmark(name: str) -> Callable[[Callable[..., BenchmarkReport]], Callable[..., BenchmarkReport]]:
+    def decorate(fn: Callable[..., BenchmarkReport]) -> Callable[..., BenchmarkReport]:
+        BENCHMARKS[name] = fn
+        return fn
+
+    return decorate
+
+
+def run_benchmark(name: str, *, profile: str = "fast", random_state: int = 0, verbose: bool = False) -> BenchmarkReport:
+    """Run a registered benchmark by name."""
+    import time
+
+    from art_backdoor_ext.benchmarks import acss  # noqa: F401  (registers)
+
+    if name not in BENCHMARKS:
+        raise InvalidParameterError(f"unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
+    if profile not in ("fast", "full"):
+        raise InvalidParameterError(f"profile must be 'fast' or 'full', got {profile!r}")
+    start = time.perf_counter()
+    report = BENCHMARKS[name](profile=profile, random_state=random_state, verbose=verbose)
+    report.seconds = time.perf_counter() - start
+    return report

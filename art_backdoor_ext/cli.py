@@ -1,0 +1,128 @@
+"""Command line: ``art-backdoor-ext demo | evaluate | bench``.
+
+A thin shim over the public API; it is the only place that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _split(text: str | None) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else []
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from art_backdoor_ext.evaluation import run_grid
+
+    layers = _split(args.layers)
+    print(f"Training a DigitsCNN on scikit-learn digits poisoned with a BadNets patch "
+          f"(rate {args.rate}, target 0, through ART's PoisoningAttackBackdoor)...")
+    result = run_grid(["badnets"], ["art-ac", "art-ss", "ac", "ss"], dataset="digits", layers=layers,
+                      rate=args.rate, nb_epochs=args.epochs, random_state=args.seed, verbose=True)
+    first = result.rows[0]
+    print(f"benign accuracy {first.benign_accuracy:.3f}, attack success rate {first.attack_success_rate:.3f}\n")
+    print("Poison detection on the training set (positive = poisoned sample):")
+    print(result.to_markdown(["defence", "layer", "precision", "recall", "f1", "seconds"]))
+    if args.output:
+        Path(args.output).write_text(result.to_json())
+        print(f"\nrows written to {args.output}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from art_backdoor_ext.evaluation import ATTACKS, DEFENCES, _ensure_registered, run_grid
+
+    _ensure_registered()
+    if args.list:
+        print("attacks:")
+        for spec in ATTACKS.values():
+            print(f"  {spec.name:12s} {spec.description}")
+        print("defences:")
+        for d in DEFENCES.values():
+            print(f"  {d.name:12s} [{d.kind}] {d.description}")
+        return 0
+    result = run_grid(_split(args.attacks), _split(args.defences), dataset=args.dataset, n_models=args.models,
+                      layers=_split(args.layers), rate=args.rate, nb_epochs=args.epochs, random_state=args.seed,
+                      verbose=not args.quiet)
+    text = {"markdown": result.to_markdown, "csv": result.to_csv, "json": result.to_json}[args.format]()
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"written to {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from art_backdoor_ext.benchmarks import BENCHMARKS, run_benchmark
+
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    for name in names:
+        report = run_benchmark(name, profile=args.profile, random_state=args.seed, verbose=not args.quiet)
+        print(report.to_markdown())
+        if args.output:
+            out = Path(args.output)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{name}-{args.profile}.json").write_text(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="art-backdoor-ext", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="BadNets on digits; ART's AC/SS against the layer-selectable versions")
+    demo.add_argument("--layers", default="relu2,relu3", help="internal layers for our AC/SS (comma separated)")
+    demo.add_argument("--rate", type=float, default=0.1, help="poisoned fraction of the training set")
+    demo.add_argument("--epochs", type=int, default=20)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--output", help="write the rows as JSON here")
+    demo.set_defaults(func=_cmd_demo)
+
+    ev = sub.add_parser("evaluate", help="run the attack x defence grid")
+    ev.add_argument("--list", action="store_true", help="list registered attacks and defences")
+    ev.add_argument("--attacks", default="badnets")
+    ev.add_argument("--defences", default="art-ac,art-ss,ac,ss")
+    ev.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
+    ev.add_argument("--models", type=int, default=1, help="victims per attack")
+    ev.add_argument("--layers", default="", help="layers for layer-selectable defences")
+    ev.add_argument("--rate", type=float, default=0.1)
+    ev.add_argument("--epochs", type=int, default=None)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
+    ev.add_argument("--output")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    bench = sub.add_parser("bench", help="paper-table and speed benchmarks")
+    bench.add_argument("name", help="benchmark name, or 'all'")
+    bench.add_argument("--profile", choices=["fast", "full"], default="fast")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--output", help="folder for JSON results")
+    bench.add_argument("--quiet", action="store_true")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from art_backdoor_ext.exceptions import ArtBackdoorExtError
+
+    try:
+        return int(args.func(args))
+    except ArtBackdoorExtError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

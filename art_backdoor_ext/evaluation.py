@@ -1,0 +1,264 @@
+"""Attack x defence evaluation grid: a registry, a runner, and result rows (JSON, CSV, Markdown).
+
+Attacks are registered as trigger builders; defences as functions that take an :class:`EvaluationContext`
+(a trained victim with its ground truth) and return :class:`DefenceOutcome` objects (one per layer where
+a defence looks at a layer). Later methods register here with :func:`register_attack` /
+:func:`register_defence`, and ``art-backdoor-ext evaluate`` exposes the runner.
+
+Example::
+
+    from art_backdoor_ext.evaluation import run_grid
+    result = run_grid(attacks=["badnets"], defences=["art-ac", "ac"], dataset="digits", random_state=0)
+    print(result.to_markdown())
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from art_backdoor_ext.exceptions import InvalidParameterError
+from art_backdoor_ext.functional.metrics import f_beta, precision, recall
+from art_backdoor_ext.training import VictimResult
+
+__all__ = [
+    "AttackSpec",
+    "DefenceSpec",
+    "DefenceOutcome",
+    "EvaluationContext",
+    "ResultRow",
+    "EvaluationResult",
+    "ATTACKS",
+    "DEFENCES",
+    "register_attack",
+    "register_defence",
+    "train_reference_victim",
+    "run_grid",
+]
+
+logger = logging.getLogger(__name__)
+
+TriggerBuilder = Callable[[tuple[int, ...], int], Callable[[np.ndarray], np.ndarray]]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A registered attack: ``build(input_shape, random_state) -> trigger function``."""
+
+    name: str
+    build: TriggerBuilder
+    description: str
+
+
+@dataclass
+class EvaluationContext:
+    """What a defence gets: the victim with its ground truth, clean data the defender holds, and options."""
+
+    victim: VictimResult
+    x_clean: np.ndarray
+    y_clean: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    layers: list[str]
+    random_state: int | None
+    verbose: bool = False
+
+
+@dataclass
+class DefenceOutcome:
+    """One defence's answer: per-sample flags for a filter or detector, or a model-level verdict."""
+
+    layer: str
+    is_flagged: np.ndarray | None = None  # True = flagged as poisoned/backdoored, aligned with the victim's data
+    detected: bool | None = None  # model-level verdict for scanners
+    found_target: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DefenceSpec:
+    """A registered defence: ``run(context) -> list[DefenceOutcome]``; ``kind`` says what it outputs."""
+
+    name: str
+    kind: str  # "poison-filter" | "model-scanner" | "sample-detector"
+    run: Callable[[EvaluationContext], list[DefenceOutcome]]
+    description: str
+
+
+ATTACKS: dict[str, AttackSpec] = {}
+DEFENCES: dict[str, DefenceSpec] = {}
+
+
+def register_attack(name: str, description: str) -> Callable[[TriggerBuilder], TriggerBuilder]:
+    """Decorator registering a trigger builder under ``name``."""
+
+    def decorate(build: TriggerBuilder) -> TriggerBuilder:
+        ATTACKS[name] = AttackSpec(name, build, description)
+        return build
+
+    return decorate
+
+
+def register_defence(name: str, kind: str, description: str) -> Callable[[Any], Any]:
+    """Decorator registering a defence runner under ``name``."""
+    if kind not in ("poison-filter", "model-scanner", "sample-detector"):
+        raise InvalidParameterError(f"kind must be poison-filter, model-scanner or sample-detector, got {kind!r}")
+
+    def decorate(run: Callable[[EvaluationContext], list[DefenceOutcome]]) -> Any:
+        DEFENCES[name] = DefenceSpec(name, kind, run, description)
+        return run
+
+    return decorate
+
+
+@dataclass
+class ResultRow:
+    """One (attack, model, defence, layer) cell of the grid. Plain Python values only."""
+
+    attack: str
+    model_seed: int
+    defence: str
+    kind: str
+    layer: str
+    benign_accuracy: float
+    attack_success_rate: float
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    detected: bool | None
+    found_target: int | None
+    true_target: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvaluationResult:
+    """All rows of a grid run, with exporters."""
+
+    rows: list[ResultRow]
+    dataset: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "rows": [r.to_dict() for r in self.rows]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        names = list(ResultRow.__dataclass_fields__)
+        writer = csv.DictWriter(buffer, fieldnames=names)
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow(row.to_dict())
+        return buffer.getvalue()
+
+    def to_markdown(self, columns: Sequence[str] | None = None) -> str:
+        cols = list(columns) if columns else [
+            "attack", "defence", "layer", "precision", "recall", "f1", "detected", "seconds"]
+
+        def fmt(value: Any) -> str:
+            if value is None:
+                return "-"
+            if isinstance(value, float):
+                return f"{value:.3f}" if value < 100 else f"{value:.1f}"
+            return str(value)
+
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        for row in self.rows:
+            d = row.to_dict()
+            lines.append("| " + " | ".join(fmt(d[c]) for c in cols) + " |")
+        return "\n".join(lines)
+
+
+def train_reference_victim(
+    attack: str, *, dataset: str = "digits", random_state: int = 0, rate: float = 0.1, target: int = 0,
+    nb_epochs: int | None = None, data: Any = None, verbose: bool = False,
+) -> tuple[VictimResult, Any]:
+    """Train the reference network of ``dataset`` under a registered attack; return (victim, dataset)."""
+    from art_backdoor_ext.datasets import load_dataset
+    from art_backdoor_ext.models import build_model, make_classifier
+    from art_backdoor_ext.training import train_victim
+
+    _ensure_registered()
+    if attack not in ATTACKS:
+        raise InvalidParameterError(f"unknown attack {attack!r}; registered: {', '.join(sorted(ATTACKS))}")
+    data = data if data is not None else load_dataset(dataset)
+    arch = {"digits": "digits-cnn", "fashion-mnist": "badnets-cnn", "mnist": "badnets-cnn"}.get(data.name, "cifar-cnn")
+    epochs = nb_epochs if nb_epochs is not None else (20 if data.name == "digits" else 5)
+    classifier = make_classifier(build_model(arch, nb_classes=data.nb_classes, random_state=random_state))
+    trigger = ATTACKS[attack].build(data.input_shape, random_state)
+    victim = train_victim(classifier, data.x_train, data.y_train, data.x_test, data.y_test, trigger, target=target,
+                          rate=rate, nb_epochs=epochs, learning_rate=3e-3 if data.name == "digits" else 1e-3,
+                          random_state=random_state, verbose=verbose)
+    return victim, data
+
+
+def _row(attack: str, seed: int, spec: DefenceSpec, outcome: DefenceOutcome, victim: VictimResult,
+         seconds: float) -> ResultRow:
+    p = r = f1 = None
+    if outcome.is_flagged is not None:
+        truth = victim.data.is_poison if spec.kind == "poison-filter" else outcome.extra["is_backdoor_truth"]
+        p, r, f1 = precision(outcome.is_flagged, truth), recall(outcome.is_flagged, truth), f_beta(
+            outcome.is_flagged, truth)
+    return ResultRow(attack, seed, spec.name, spec.kind, outcome.layer, victim.benign_accuracy,
+                     victim.attack_success_rate, p, r, f1, outcome.detected, outcome.found_target,
+                     victim.data.target, seconds)
+
+
+def run_grid(
+    attacks: Sequence[str],
+    defences: Sequence[str],
+    *,
+    dataset: str = "digits",
+    n_models: int = 1,
+    layers: Sequence[str] | None = None,
+    rate: float = 0.1,
+    nb_epochs: int | None = None,
+    random_state: int = 0,
+    verbose: bool = False,
+) -> EvaluationResult:
+    """Train ``n_models`` victims per attack and run every defence on each; one row per defence and layer.
+
+    :param layers: Internal layers for layer-selectable defences (default: each defence's own default).
+    """
+    from art_backdoor_ext.datasets import load_dataset
+
+    _ensure_registered()
+    unknown = [d for d in defences if d not in DEFENCES]
+    if unknown:
+        raise InvalidParameterError(f"unknown defence(s) {unknown}; registered: {', '.join(sorted(DEFENCES))}")
+    data = load_dataset(dataset)
+    rows: list[ResultRow] = []
+    for attack in attacks:
+        for m in range(n_models):
+            seed = random_state + m
+            victim, _ = train_reference_victim(attack, data=data, random_state=seed, rate=rate,
+                                               nb_epochs=nb_epochs, verbose=verbose)
+            logger.info("%s seed %d: BA %.3f ASR %.3f", attack, seed, victim.benign_accuracy,
+                        victim.attack_success_rate)
+            context = EvaluationContext(victim, data.x_test, data.y_test, data.x_test, data.y_test,
+                                        list(layers or []), seed, verbose)
+            for name in defences:
+                spec = DEFENCES[name]
+                start = time.perf_counter()
+                outcomes = spec.run(context)
+                seconds = (time.perf_counter() - start) / max(1, len(outcomes))
+                rows.extend(_row(attack, seed, spec, o, victim, seconds) for o in outcomes)
+    return EvaluationResult(rows, data.name)
+
+
+def _ensure_registered() -> None:
+    """Import the modules whose import registers the built-in attacks and defences."""
+    from art_backdoor_ext import registry  # noqa: F401

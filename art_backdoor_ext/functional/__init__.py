@@ -1,0 +1,1 @@
+"""Pure, typed math used by the attacks and defences: numpy/scipy only, no models, no I/O."""

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from art_backdoor_ext.exceptions import DataError
+from art_backdoor_ext.functional.metrics import (
+    attack_success_rate,
+    benign_accuracy,
+    detection_accuracy,
+    detection_counts,
+    f_beta,
+    false_acceptance_rate,
+    false_rejection_rate,
+    precision,
+    recall,
+)
+
+# 10 samples: 4 poisoned (first four); flagged: 3 of the poisoned and 2 clean.
+TRUTH = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
+FLAGS = np.array([1, 1, 1, 0, 1, 1, 0, 0, 0, 0], dtype=bool)
+
+
+def test_counts_and_rates_by_hand():
+    c = detection_counts(FLAGS, TRUTH)
+    assert (c.true_positives, c.false_positives, c.true_negatives, c.false_negatives) == (3, 2, 4, 1)
+    assert precision(FLAGS, TRUTH) == pytest.approx(3 / 5)
+    assert recall(FLAGS, TRUTH) == pytest.approx(3 / 4)
+    assert false_acceptance_rate(FLAGS, TRUTH) == pytest.approx(1 / 4)
+    assert false_rejection_rate(FLAGS, TRUTH) == pytest.approx(2 / 6)
+    p, r = 0.6, 0.75
+    assert f_beta(FLAGS, TRUTH) == pytest.approx(2 * p * r / (p + r))
+    assert f_beta(FLAGS, TRUTH, beta=2) == pytest.approx(5 * p * r / (4 * p + r))
+
+
+def test_f_beta_matches_sklearn():
+    from sklearn.metrics import fbeta_score
+
+    rng = np.random.default_rng(0)
+    t, f = rng.random(50) < 0.3, rng.random(50) < 0.4
+    for beta in (0.5, 1, 2):
+        assert f_beta(f, t, beta) == pytest.approx(fbeta_score(t, f, beta=beta))
+
+
+def test_degenerate_cases():
+    none = np.zeros(4, bool)
+    assert precision(none, TRUTH[:4]) == 0.0 and f_beta(none, TRUTH[:4]) == 0.0
+    with pytest.raises(DataError, match="shape"):
+        precision(FLAGS[:3], TRUTH)
+
+
+def test_ba_asr_and_model_detection_accuracy():
+    assert benign_accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1])) == 0.75
+    assert attack_success_rate(np.array([0, 0, 3, 0]), 0) == 0.75
+    assert attack_success_rate(np.array([0, 0, 3, 0]), 0, y_true=np.array([0, 1, 1, 1])) == pytest.approx(2 / 3)
+    with pytest.raises(DataError, match="undefined"):
+        attack_success_rate(np.array([0]), 0, y_true=np.array([0]))
+    assert detection_accuracy(np.array([1, 0, 1]), np.array([1, 1, 1])) == pytest.approx(2 / 3)

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+
+from art_backdoor_ext._torch import capture, eval_mode, extract_features, predict_logits, preprocess, resolve_layers
+from art_backdoor_ext.exceptions import InvalidParameterError
+from art_backdoor_ext.models import DigitsCNN, make_classifier
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_capture_removes_hooks_even_on_error():
+    model = DigitsCNN()
+    with pytest.raises(RuntimeError):
+        with capture(model, ["relu1", "fc1"]):
+            assert _hooks(model) == 2
+            model(torch.zeros(2, 1, 10, 10))  # 5x5 after pooling does not fit fc1
+    assert _hooks(model) == 0
+
+
+def test_capture_records_outputs_and_flattens():
+    model = DigitsCNN()
+    with capture(model, ["relu1", "fc1"], flatten=True) as out:
+        model(torch.zeros(3, 1, 8, 8))
+    assert out["relu1"].shape == (3, 16 * 64) and out["fc1"].shape == (3, 64)
+
+
+def test_unknown_layer_lists_valid_names():
+    with pytest.raises(InvalidParameterError, match="unknown layer 'nope'.*conv1.*logits"):
+        resolve_layers(DigitsCNN(), ["nope"])
+
+
+def test_eval_mode_restores_mixed_modes():
+    model = DigitsCNN()
+    model.train()
+    model.conv1.eval()
+    with eval_mode(model):
+        assert not model.training and not model.fc1.training
+    assert model.training and not model.conv1.training and model.fc1.training
+
+
+def test_extract_features_one_pass_matches_model_and_restores_mode():
+    clf = make_classifier(DigitsCNN(), device_type="cpu")
+    clf.model.train()
+    calls = []
+    clf.model.conv1.register_forward_hook(lambda *a: calls.append(1))
+    x = np.random.default_rng(0).random((10, 1, 8, 8), dtype=np.float32)
+    x_copy = x.copy()
+    feats = extract_features(clf, x, ["relu1", "relu3"], batch_size=4, include_logits=True)
+    assert len(calls) == 3  # ceil(10 / 4) forward passes for two layers plus logits
+    assert clf.model.training
+    with torch.no_grad():
+        expected = clf.model.eval()(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(feats["logits"], expected, atol=1e-5)
+    np.testing.assert_array_equal(x, x_copy)
+    assert feats["relu3"].shape == (10, 64)
+
+
+def test_preprocessing_is_applied():
+    model = DigitsCNN()
+    clf = make_classifier(model, preprocessing=(0.5, 0.25), device_type="cpu")
+    x = np.full((2, 1, 8, 8), 0.75, dtype=np.float32)
+    t = preprocess(clf, torch.tensor(x))
+    np.testing.assert_allclose(t.numpy(), 1.0)
+    with torch.no_grad():
+        expected = model.eval()(torch.ones(2, 1, 8, 8)).numpy()
+    np.testing.assert_allclose(predict_logits(clf, x), expected, atol=1e-5)
