@@ -28,6 +28,7 @@ __all__ = [
     "capture",
     "eval_mode",
     "resolve_layers",
+    "first_conv_activation",
     "layer_names",
     "classifier_device",
     "to_tensor",
@@ -43,6 +44,23 @@ __all__ = [
 def layer_names(model: nn.Module) -> list[str]:
     """Names of the model's sub-modules, in registration order (the root excluded)."""
     return [name for name, _ in model.named_modules() if name]
+
+
+def first_conv_activation(model: nn.Module) -> str:
+    """Name of the first activation module after the first convolution (the conv itself if none follows).
+
+    This is the "first convolutional layer" feature space that AD's internal-layer variant uses.
+    """
+    names = [(name, module) for name, module in model.named_modules() if name]
+    for i, (name, module) in enumerate(names):
+        if isinstance(module, nn.Conv2d | nn.Conv1d):
+            for later_name, later in names[i + 1:]:
+                if isinstance(later, nn.ReLU | nn.LeakyReLU | nn.GELU | nn.ELU | nn.SiLU | nn.Tanh | nn.Sigmoid):
+                    return later_name
+                if isinstance(later, nn.Conv2d | nn.Conv1d | nn.Linear):
+                    break
+            return name
+    raise InvalidParameterError("the model has no convolution; pass layer=<name> or layer=None (input space)")
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from art_backdoor_ext.defences.activation import MultiLayerActivationDefence, MultiLayerSpectralSignature
+from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
 
-__all__ = ["MultiLayerActivationDefence", "MultiLayerSpectralSignature"]
+__all__ = ["OrderStatisticDetector"]

@@ -21,15 +21,9 @@ from scipy import optimize, special, stats
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 
 __all__ = [
-    "MAD_CONSISTENCY",
-    "GammaNull",
-    "OrderStatisticResult",
-    "reciprocal_statistics",
-    "fit_truncated_gamma",
-    "order_statistic_pvalue",
-    "confusion_correction",
-    "mad_anomaly_index",
-]
+    "MAD_CONSISTENCY", "GammaNull", "OrderStatisticResult", "reciprocal_statistics", "fit_truncated_gamma",
+    "order_statistic_pvalue", "confusion_correction", "mad_anomaly_index",
+]  # fmt: skip
 
 #: Consistency constant making the MAD an unbiased estimate of the standard deviation of a Gaussian.
 MAD_CONSISTENCY = 1.4826
@@ -264,7 +258,7 @@ def order_statistic_pvalue(
         if isinstance(n_ex, bool) or not isinstance(n_ex, (int, np.integer)) or not 1 <= n_ex <= n_stat - 2:
             raise InvalidParameterError(f"n_exclude must be an int in [1, {n_stat - 2}], got {n_ex!r}")
         ordered = np.sort(values)
-        fit_values, truncation = ordered, math.inf
+        fit_values, truncation = ordered[: n_stat - int(n_ex)], float(ordered[n_stat - int(n_ex)])
     else:
         if n_exclude is not None:
             raise InvalidParameterError("n_exclude only applies to robust=True, got robust=False")

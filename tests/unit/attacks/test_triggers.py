@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from art.attacks.poisoning import PoisoningAttackBackdoor
 
 from art_backdoor_ext.attacks.triggers import (
@@ -224,6 +226,26 @@ def test_warp_identity_and_change():
     assert np.abs(trigger(x) - x).max() > 0.05
     assert trigger.pattern.shape == (8, 8, 2)
     assert np.abs(trigger.pattern).max() <= 1.0
+
+
+@pytest.mark.parametrize("height, width", [(8, 8), (6, 10)])
+def test_warp_matches_wanet_reference(height, width):
+    # WaNet's reference code (square images), generalised to H != W by scaling x offsets by W, y by H
+    rng = np.random.default_rng(3)
+    ins = torch.from_numpy(rng.uniform(-1.0, 1.0, size=(1, 2, 4, 4)))
+    ins = ins / torch.mean(torch.abs(ins))
+    noise_grid = F.interpolate(ins, size=(height, width), mode="bicubic", align_corners=True)
+    noise_grid = noise_grid.permute(0, 2, 3, 1)
+    xx, yy = torch.meshgrid(torch.linspace(-1, 1, height, dtype=torch.float64),
+                            torch.linspace(-1, 1, width, dtype=torch.float64), indexing="ij")
+    identity_grid = torch.stack((yy, xx), 2)[None, ...]
+    scale = torch.tensor([width, height], dtype=torch.float64)
+    grid = torch.clamp(identity_grid + 0.5 * noise_grid / scale, -1, 1)
+    x = np.random.default_rng(0).uniform(size=(2, 3, height, width))
+    expected = F.grid_sample(torch.from_numpy(x), grid.repeat(2, 1, 1, 1), align_corners=True).numpy()
+    trigger = warp_trigger(4, strength=0.5, random_state=3)
+    np.testing.assert_allclose(trigger(x), expected, atol=1e-12)
+    np.testing.assert_allclose(trigger.pattern, grid[0].numpy(), atol=1e-12)
 
 
 def test_warp_noise_mode():

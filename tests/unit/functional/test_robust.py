@@ -241,6 +241,10 @@ def test_confusion_correction_recovers_exact_shift():
     assert confusion_correction(d, rho, order=3) == pytest.approx(0.25, abs=1e-8)
     d = np.linspace(0.0, 2.0, 9)
     assert confusion_correction(d, 0.3 * (d + 0.4), order=1) == pytest.approx(0.4, abs=1e-10)
+    # two real roots left of the origin (-0.4 and -1.9): the one nearest the origin is the compensation
+    d = np.linspace(0.0, 1.0, 11)
+    x = d + 0.4
+    assert confusion_correction(d, 0.3 * x + 0.2 * x**2, order=2) == pytest.approx(0.4, abs=1e-8)
 
 
 def test_confusion_correction_zero_initial_confusion_needs_no_correction():

@@ -1,0 +1,433 @@
+"""Batched perturbation engine shared by AD, Neural Cleanse and CEPA.
+
+A *problem* is a set of clean samples plus a target class: "find a small perturbation that sends at least a
+fraction ``pi`` of these samples to the target". AD (Xiang et al., 2020) has one problem per (source, target)
+pair, Neural Cleanse (Wang et al., 2019) one per target with every other class pooled. All problems of a chunk
+are optimised together as one tensor problem: their samples are stacked into one forward pass, and a
+problem stops updating (and leaves the forward pass) once it reaches ``pi`` or its size cap (Algorithm 1 of
+Xiang et al., with the paper's upper bound). The per-iteration (size, misclassification) trace is kept for
+the confusion correction (Eq. 7).
+
+Parametrisations (how the perturbation enters and how it is updated):
+
+- :class:`Additive`: one common additive perturbation per problem, clipped to the valid range in input
+  space (Eq. 2) or added to a layer's output (Eq. 10). Updated by normalised gradient descent on the
+  objective (a step of fixed L2 length ``step_size``): the step no longer depends on the gradient's scale,
+  which is what the paper's line search is for, and no pair can overshoot by more than one step.
+- :class:`MaskPattern`: Neural Cleanse's ``(1 - m) x + m p`` with an L1 penalty on the mask, Adam, and the
+  adaptive penalty weight of Wang et al.; the smallest mask reaching ``pi`` is kept.
+
+Problems are processed in chunks so that at most ``max_batch_images`` images go through the model at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from art_backdoor_ext._progress import progress
+from art_backdoor_ext._torch import classifier_device, eval_mode, frozen, preprocess, resolve_layers, to_tensor
+from art_backdoor_ext.exceptions import InvalidParameterError
+
+__all__ = [
+    "Problems",
+    "pair_problems",
+    "target_problems",
+    "Additive",
+    "MaskPattern",
+    "EngineResult",
+    "PerturbationEngine",
+]
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("J", "Jp", "Jc")
+
+
+@dataclass
+class Problems:
+    """Problem definitions: ``indices`` (P, n_max) into the clean set, -1 for padding; ``targets`` (P,);
+    ``sources`` (P,) the source class or -1 when several classes are pooled."""
+
+    indices: np.ndarray
+    targets: np.ndarray
+    sources: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, keep: np.ndarray) -> Problems:
+        return Problems(self.indices[keep], self.targets[keep], self.sources[keep])
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+    width = max(len(r) for r in rows)
+    out = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def pair_problems(y: np.ndarray, nb_classes: int) -> Problems:
+    """All K(K-1) (source, target) problems, source-major: (0,1), (0,2), ..., (K-1,K-2)."""
+    by_class = [np.flatnonzero(y == c) for c in range(nb_classes)]
+    pairs = [(s, t) for s in range(nb_classes) for t in range(nb_classes) if s != t]
+    return Problems(_pad([by_class[s] for s, _ in pairs]), np.array([t for _, t in pairs]),
+                    np.array([s for s, _ in pairs]))
+
+
+def target_problems(y: np.ndarray, nb_classes: int, *, max_samples: int | None = None,
+                    random_state: int | None = None) -> Problems:
+    """One problem per target with every other class pooled (Neural Cleanse, CEPA's all-to-one variant)."""
+    rng = np.random.default_rng(random_state)
+    rows = []
+    for t in range(nb_classes):
+        idx = np.flatnonzero(y != t)
+        if max_samples is not None and len(idx) > max_samples:
+            idx = np.sort(rng.choice(idx, size=max_samples, replace=False))
+        rows.append(idx)
+    return Problems(_pad(rows), np.arange(nb_classes), np.full(nb_classes, -1))
+
+
+def _norms(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = t.flatten(1)
+    return flat.abs().sum(1), flat.norm(dim=1)
+
+
+class Parametrisation(Protocol):
+    """How a perturbation is stored, applied, measured and updated (one row per problem)."""
+
+    def init(self, n: int, shape: tuple[int, ...], device: torch.device) -> list[torch.Tensor]: ...
+    def apply(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor: ...
+    def sizes(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def penalty(self, params: list[torch.Tensor]) -> torch.Tensor: ...
+    def update(self, params: list[torch.Tensor], active: torch.Tensor, reached: torch.Tensor) -> None: ...
+    def pattern(self, params: list[torch.Tensor]) -> torch.Tensor: ...
+
+
+class Additive:
+    """Common additive perturbation v per problem; normalised gradient steps of L2 length ``step_size``."""
+
+    stops_at_target = True
+
+    def __init__(self, step_size: float) -> None:
+        self.step_size = step_size
+
+    def init(self, n: int, shape: tuple[int, ...], device: torch.device) -> list[torch.Tensor]:
+        return [torch.zeros((n,) + shape, device=device, requires_grad=True)]
+
+    def apply(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return x + params[0][:, None]
+
+    def sizes(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return _norms(params[0])
+
+    def penalty(self, params: list[torch.Tensor]) -> torch.Tensor:
+        return torch.zeros(params[0].shape[0], device=params[0].device)
+
+    def update(self, params: list[torch.Tensor], active: torch.Tensor, reached: torch.Tensor) -> None:
+        v = params[0]
+        if v.grad is None:
+            return
+        grad = v.grad[active]
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view((-1,) + (1,) * (grad.dim() - 1))
+        v[active] -= self.step_size * grad / norm
+        v.grad = None
+
+    def pattern(self, params: list[torch.Tensor]) -> torch.Tensor:
+        return params[0]
+
+
+class MaskPattern:
+    """Neural Cleanse: x' = (1 - m) x + m p, m = sigmoid(a) (1, H, W), p = sigmoid(b) (C, H, W).
+
+    Loss: cross-entropy to the target + cost * |m|_1, with Wang et al.'s adaptive cost (multiplied by 1.5
+    after ``patience`` iterations at or above ``pi``, divided by 1.5**1.5 after ``patience`` below).
+    """
+
+    stops_at_target = False
+
+    def __init__(self, learning_rate: float = 0.1, init_cost: float = 1e-3, patience: int = 5) -> None:
+        self.learning_rate = learning_rate
+        self.init_cost = init_cost
+        self.patience = patience
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._cost: torch.Tensor | None = None
+        self._up: torch.Tensor | None = None
+        self._down: torch.Tensor | None = None
+
+    def init(self, n: int, shape: tuple[int, ...], device: torch.device) -> list[torch.Tensor]:
+        gen = torch.Generator(device="cpu").manual_seed(n * 7919 + int(np.prod(shape)))
+        mask = (torch.rand((n, 1) + shape[1:], generator=gen) * 2 - 1).to(device).requires_grad_(True)
+        pattern = (torch.rand((n,) + shape, generator=gen) * 2 - 1).to(device).requires_grad_(True)
+        self._optimizer = torch.optim.Adam([mask, pattern], lr=self.learning_rate, betas=(0.5, 0.9))
+        self._cost = torch.full((n,), self.init_cost, device=device)
+        self._up = torch.zeros(n, dtype=torch.long, device=device)
+        self._down = torch.zeros(n, dtype=torch.long, device=device)
+        return [mask, pattern]
+
+    def apply(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        m, p = torch.sigmoid(params[0])[:, None], torch.sigmoid(params[1])[:, None]
+        return (1 - m) * x + m * p
+
+    def sizes(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return _norms(torch.sigmoid(params[0]))
+
+    def penalty(self, params: list[torch.Tensor]) -> torch.Tensor:
+        if self._cost is None:
+            raise RuntimeError("MaskPattern.init was not called")
+        return self._cost[: params[0].shape[0]] * torch.sigmoid(params[0]).flatten(1).sum(1)
+
+    def update(self, params: list[torch.Tensor], active: torch.Tensor, reached: torch.Tensor) -> None:
+        if self._optimizer is None or self._cost is None or self._up is None or self._down is None:
+            raise RuntimeError("MaskPattern.init was not called")
+        self._optimizer.step()
+        self._optimizer.zero_grad(set_to_none=True)
+        self._up = torch.where(reached, self._up + 1, torch.zeros_like(self._up))
+        self._down = torch.where(reached, torch.zeros_like(self._down), self._down + 1)
+        raise_cost = self._up >= self.patience
+        lower_cost = self._down >= self.patience
+        self._cost = torch.where(raise_cost, self._cost * 1.5, self._cost)
+        self._cost = torch.where(lower_cost, self._cost / 1.5**1.5, self._cost)
+        self._up[raise_cost] = 0
+        self._down[lower_cost] = 0
+
+    def pattern(self, params: list[torch.Tensor]) -> torch.Tensor:
+        m, p = torch.sigmoid(params[0]), torch.sigmoid(params[1])
+        return torch.cat([m, p], dim=1)
+
+
+@dataclass
+class EngineResult:
+    """Per-problem outcome. ``size`` is the L1 or L2 size (``norm``) of the perturbation at stopping."""
+
+    problems: Problems
+    size_l1: np.ndarray
+    size_l2: np.ndarray
+    misclassification: np.ndarray
+    initial_misclassification: np.ndarray
+    reached: np.ndarray
+    iterations: np.ndarray
+    perturbations: np.ndarray
+    trace_size_l1: np.ndarray  # (T, P), NaN after a problem stopped
+    trace_size_l2: np.ndarray
+    trace_misclassification: np.ndarray
+
+    def sizes(self, norm: str) -> np.ndarray:
+        return self.size_l1 if norm == "l1" else self.size_l2
+
+    def trace_sizes(self, norm: str) -> np.ndarray:
+        return self.trace_size_l1 if norm == "l1" else self.trace_size_l2
+
+
+class PerturbationEngine:
+    """Optimise many perturbation problems at once on an ART ``PyTorchClassifier``.
+
+    :param classifier: ART ``PyTorchClassifier`` (its preprocessing is applied).
+    :param parametrisation: :class:`Additive` or :class:`MaskPattern`.
+    :param target_misclassification: ``pi``, the fraction of a problem's samples that must reach the target.
+    :param objective: ``"J"`` (Eq. 3, mean target probability), ``"Jp"`` (Eq. 5, only samples not yet sent to
+        the target), ``"Jc"`` (Eq. 6, only samples the model classifies correctly without perturbation).
+    :param layer: None for input space (clipped to ``clip_values``), or a layer name of ``classifier.model``
+        whose output receives the perturbation (Eq. 10).
+    :param max_iter: Iteration cap per problem.
+    :param max_size_l2: Size cap (L2); a problem stops when it is exceeded.
+    :param max_batch_images: Images per forward pass; problems are chunked to respect it.
+    """
+
+    def __init__(self, classifier: Any, parametrisation: Any, *, target_misclassification: float = 0.8,
+                 objective: str = "J", layer: str | None = None, max_iter: int = 300,
+                 max_size_l2: float = float("inf"), max_batch_images: int = 8192, verbose: bool = False) -> None:
+        if objective not in OBJECTIVES:
+            raise InvalidParameterError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.classifier = classifier
+        self.parametrisation = parametrisation
+        self.target_misclassification = target_misclassification
+        self.objective = objective
+        self.layer = layer
+        self.max_iter = max_iter
+        self.max_size_l2 = max_size_l2
+        self.max_batch_images = max_batch_images
+        self.verbose = verbose
+        self.device = classifier_device(classifier)
+        if layer is not None:
+            self._layer_module: nn.Module | None = resolve_layers(classifier.model, [layer])[layer]
+        else:
+            self._layer_module = None
+
+    # ------------------------------------------------------------------------------------------ public
+    def run(self, x: np.ndarray, y: np.ndarray, problems: Problems) -> EngineResult:
+        """Optimise every problem; ``x`` (N, C, H, W) float32 clean samples, ``y`` (N,) their labels."""
+        model = self.classifier.model
+        x_t = to_tensor(x, self.device)
+        y_t = torch.as_tensor(y, device=self.device)
+        n_max = problems.indices.shape[1]
+        per_chunk = max(1, self.max_batch_images // max(1, n_max))
+        chunks = [np.arange(i, min(i + per_chunk, len(problems))) for i in range(0, len(problems), per_chunk)]
+        parts = []
+        with eval_mode(model), frozen(model):
+            for chunk in progress(chunks, verbose=self.verbose and len(chunks) > 1, desc="problem chunks"):
+                parts.append(self._run_chunk(x_t, y_t, problems.subset(chunk)))
+        return _concat(problems, parts)
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _feature_shape(self, x_t: torch.Tensor) -> tuple[int, ...]:
+        if self._layer_module is None:
+            return tuple(x_t.shape[1:])
+        shape: list[tuple[int, ...]] = []
+        handle = self._layer_module.register_forward_hook(lambda _m, _i, out: shape.append(tuple(out.shape[1:])))
+        try:
+            with torch.no_grad():
+                self.classifier.model(preprocess(self.classifier, x_t[:1]))
+        finally:
+            handle.remove()
+        return shape[0]
+
+    def _logits(self, params: list[torch.Tensor], x_groups: torch.Tensor) -> torch.Tensor:
+        """Logits (A, n, K) for problem groups x_groups (A, n, C, H, W) under the current perturbations."""
+        a, n = x_groups.shape[:2]
+        model = self.classifier.model
+        if self._layer_module is None:
+            low, high = (float(v) for v in self.classifier.clip_values)
+            perturbed = self.parametrisation.apply(params, x_groups).clamp(low, high)
+            return model(preprocess(self.classifier, perturbed.flatten(0, 1))).view(a, n, -1)
+
+        def hook(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
+            grouped = out.view((a, n) + tuple(out.shape[1:]))
+            return self.parametrisation.apply(params, grouped).flatten(0, 1)
+
+        handle = self._layer_module.register_forward_hook(hook)
+        try:
+            return model(preprocess(self.classifier, x_groups.flatten(0, 1))).view(a, n, -1)
+        finally:
+            handle.remove()
+
+    def _run_chunk(self, x_t: torch.Tensor, y_t: torch.Tensor, problems: Problems) -> dict[str, Any]:
+        p = len(problems)
+        idx = torch.as_tensor(problems.indices, device=self.device)
+        valid = idx >= 0
+        x_groups = x_t[idx.clamp_min(0)]  # (P, n, C, H, W)
+        targets = torch.as_tensor(problems.targets, device=self.device)
+        params = self.parametrisation.init(p, self._feature_shape(x_t), self.device)
+        if self.objective == "Jc":
+            with torch.no_grad():
+                clean_logits = self.classifier.model(preprocess(self.classifier, x_groups.flatten(0, 1)))
+                clean_pred = clean_logits.view(p, x_groups.shape[1], -1).argmax(-1)
+            sources = y_t[idx.clamp_min(0)]
+            valid = valid & (clean_pred == sources)
+            valid = torch.where(valid.any(1, keepdim=True), valid, idx >= 0)
+        counts = valid.sum(1).clamp_min(1)
+
+        active = torch.ones(p, dtype=torch.bool, device=self.device)
+        best = {"l1": torch.full((p,), float("nan"), device=self.device),
+                "l2": torch.full((p,), float("nan"), device=self.device),
+                "rho": torch.zeros(p, device=self.device),
+                "it": torch.zeros(p, dtype=torch.long, device=self.device),
+                "pattern": None}
+        reached_ever = torch.zeros(p, dtype=torch.bool, device=self.device)
+        trace_l1 = torch.full((self.max_iter + 1, p), float("nan"))
+        trace_l2 = torch.full((self.max_iter + 1, p), float("nan"))
+        trace_rho = torch.full((self.max_iter + 1, p), float("nan"))
+        rho0 = torch.zeros(p)
+        stops = self.parametrisation.stops_at_target
+        for it in range(self.max_iter + 1):
+            act = torch.nonzero(active).flatten() if stops else torch.arange(p, device=self.device)
+            if len(act) == 0:
+                break
+            sub = [q[act] for q in params]
+            logits = self._logits(sub, x_groups[act])
+            hit = (logits.argmax(-1) == targets[act, None]) & valid[act]
+            rho = hit.sum(1) / counts[act]
+            l1, l2 = self.parametrisation.sizes(sub)
+            trace_l1[it, act.cpu()] = l1.detach().cpu()
+            trace_l2[it, act.cpu()] = l2.detach().cpu()
+            trace_rho[it, act.cpu()] = rho.detach().cpu()
+            if it == 0:
+                rho0[act.cpu()] = rho.detach().cpu()
+            reached = rho >= self.target_misclassification
+            capped = (l2 >= self.max_size_l2) | torch.tensor(it == self.max_iter, device=self.device)
+            if stops:
+                finish = reached | capped
+                done = act[finish]
+                best["l1"][done], best["l2"][done] = l1.detach()[finish], l2.detach()[finish]
+                best["rho"][done], best["it"][done] = rho.detach()[finish], it
+                reached_ever[done] = reached[finish]
+                if best["pattern"] is None:
+                    best["pattern"] = torch.zeros_like(self.parametrisation.pattern([q.detach() for q in params]))
+                best["pattern"][done] = self.parametrisation.pattern([q.detach()[done] for q in params])
+                active[done] = False
+                step_mask = ~finish
+            else:
+                improve = reached & (torch.isnan(best["l1"]) | (l1.detach() < best["l1"]))
+                if best["pattern"] is None:
+                    best["pattern"] = self.parametrisation.pattern([q.detach() for q in params]).clone()
+                best["l1"][improve], best["l2"][improve] = l1.detach()[improve], l2.detach()[improve]
+                best["rho"] = torch.where(improve, rho.detach(), best["rho"])
+                best["it"][improve] = it
+                best["pattern"][improve] = self.parametrisation.pattern([q.detach()[improve] for q in params])
+                reached_ever |= reached
+                step_mask = torch.ones_like(reached)
+                if it == self.max_iter:
+                    break
+            if not step_mask.any():
+                continue
+            loss = self._objective(logits, targets[act], valid[act], hit, counts[act])
+            loss = (loss + self.parametrisation.penalty(sub))[step_mask].sum()
+            loss.backward()
+            with torch.no_grad():
+                mask_full = torch.zeros(p, dtype=torch.bool, device=self.device)
+                mask_full[act[step_mask]] = True
+                reached_full = torch.zeros(p, dtype=torch.bool, device=self.device)
+                reached_full[act] = reached
+                self.parametrisation.update(params, mask_full, reached_full)
+        if not stops:
+            never = torch.isnan(best["l1"])
+            final = self.parametrisation.sizes([q.detach() for q in params])
+            best["l1"][never], best["l2"][never] = final[0][never], final[1][never]
+            best["it"][never] = self.max_iter
+        last = int(torch.max(best["it"]).item()) + 1
+        return {"l1": best["l1"].cpu().numpy(), "l2": best["l2"].cpu().numpy(), "rho": best["rho"].cpu().numpy(),
+                "rho0": rho0.numpy(), "reached": reached_ever.cpu().numpy(), "it": best["it"].cpu().numpy(),
+                "pattern": best["pattern"].cpu().numpy() if best["pattern"] is not None else None,
+                "trace_l1": trace_l1[:last].numpy(), "trace_l2": trace_l2[:last].numpy(),
+                "trace_rho": trace_rho[:last].numpy()}
+
+    def _objective(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, hit: torch.Tensor,
+                   counts: torch.Tensor) -> torch.Tensor:
+        """Per-problem objective (A,): Eq. 3/5/6 for Additive, cross-entropy for MaskPattern."""
+        if isinstance(self.parametrisation, MaskPattern):
+            ce = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), targets.repeat_interleave(logits.shape[1]), reduction="none"
+            ).view(logits.shape[:2])
+            return (ce * valid).sum(1) / counts
+        p_t = torch.softmax(logits, -1).gather(-1, targets.view(-1, 1, 1).expand(-1, logits.shape[1], 1))[..., 0]
+        weight = valid & ~hit if self.objective == "Jp" else valid
+        return -(p_t * weight).sum(1) / weight.sum(1).clamp_min(1)
+
+
+def _concat(problems: Problems, parts: list[dict[str, Any]]) -> EngineResult:
+    t = max(part["trace_l1"].shape[0] for part in parts)
+
+    def traces(key: str) -> np.ndarray:
+        padded = [np.vstack([part[key], np.full((t - part[key].shape[0], part[key].shape[1]), np.nan)])
+                  for part in parts]
+        return np.concatenate(padded, axis=1)
+
+    return EngineResult(
+        problems=problems,
+        size_l1=np.concatenate([p["l1"] for p in parts]).astype(float),
+        size_l2=np.concatenate([p["l2"] for p in parts]).astype(float),
+        misclassification=np.concatenate([p["rho"] for p in parts]).astype(float),
+        initial_misclassification=np.concatenate([p["rho0"] for p in parts]).astype(float),
+        reached=np.concatenate([p["reached"] for p in parts]).astype(bool),
+        iterations=np.concatenate([p["it"] for p in parts]).astype(int),
+        perturbations=np.concatenate([p["pattern"] for p in parts]),
+        trace_size_l1=traces("trace_l1"),
+        trace_size_l2=traces("trace_l2"),
+        trace_misclassification=traces("trace_rho"),
+    )

@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from art_backdoor_ext.datasets import sample_per_class
+from art_backdoor_ext.defences import OrderStatisticDetector
+from art_backdoor_ext.exceptions import DataError, EstimatorError, InvalidParameterError
+from art_backdoor_ext.models import DigitsCNN, make_classifier
+
+
+@pytest.fixture(scope="module")
+def clean_set(digits):
+    return sample_per_class(digits.x_test, digits.y_test, 8, random_state=1)
+
+
+@pytest.fixture(scope="module")
+def chessboard_victim(digits):
+    """Single-source (1 -> 0) global chessboard backdoor, L2 norm 1: the paper's BD-G-S setting on digits."""
+    from art_backdoor_ext.attacks.triggers import chessboard_trigger
+    from art_backdoor_ext.training import train_victim
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        clf = make_classifier(DigitsCNN(), device_type="cpu")
+    victim = train_victim(clf, digits.x_train, digits.y_train, digits.x_test, digits.y_test,
+                          chessboard_trigger(l2_norm=1.0), target=0, mode="one-to-one", sources=[1], count=60,
+                          nb_epochs=20, learning_rate=3e-3, random_state=0)
+    assert victim.attack_success_rate > 0.9
+    return victim
+
+
+@pytest.fixture(scope="module")
+def ad_report(chessboard_victim, digits):
+    x, y = sample_per_class(digits.x_test, digits.y_test, 20, random_state=0)
+    return OrderStatisticDetector(chessboard_victim.classifier).scan(x, y)
+
+
+def test_detects_the_single_source_backdoor_pair(ad_report):
+    assert ad_report.detected and ad_report.p_value < 0.05
+    assert (ad_report.source, ad_report.target) == (1, 0)
+    assert ad_report.settings["resolved_layer"] == "relu1"
+    s = ad_report.statistics
+    assert s.shape == (10, 10) and np.all(np.isnan(np.diag(s))) and np.all(np.isfinite(s[~np.eye(10, dtype=bool)]))
+    # the detected pair has the smallest perturbation size, by construction of r_max
+    assert s[ad_report.source, ad_report.target] == np.nanmin(s)
+    assert ad_report.estimated_pattern.shape == (16, 8, 8)
+
+
+def test_report_json_round_trip(ad_report):
+    d = json.loads(json.dumps(ad_report.to_dict(), allow_nan=False))
+    assert d["target"] == 0 and d["statistics"][0][0] is None and len(d["statistics"]) == 10
+    assert set(d["null"]) >= {"shape", "scale"}
+
+
+def test_deterministic(badnets_victim, clean_set):
+    x, y = clean_set
+    det = OrderStatisticDetector(badnets_victim.classifier, layer=None, step_size=0.01, max_iter=60, max_size=0.3)
+    a, b = det.scan(x, y), det.scan(x, y)
+    np.testing.assert_array_equal(a.statistics, b.statistics)
+    assert a.p_value == b.p_value
+
+
+def test_variants_run(badnets_victim, clean_set):
+    x, y = clean_set
+    for kw in ({"objective": "Jp", "norm": "l1"}, {"objective": "Jc", "confusion_correction": True}):
+        r = OrderStatisticDetector(badnets_victim.classifier, step_size=0.02, max_iter=100, **kw).scan(x, y)
+        assert 0 <= r.p_value <= 1 and r.settings["objective"] == kw["objective"]
+
+
+def test_bad_input(badnets_victim, clean_set):
+    x, y = clean_set
+    clf = badnets_victim.classifier
+    det = OrderStatisticDetector(clf)
+    with pytest.raises(EstimatorError):
+        OrderStatisticDetector(object())
+    with pytest.raises(DataError, match="channels-first"):
+        det.scan(np.transpose(x, (0, 2, 3, 1)), y)
+    with pytest.raises(DataError, match="one-hot"):
+        det.scan(x, np.eye(10)[y])
+    with pytest.raises(DataError, match=r"no samples of class\(es\) \[9\]"):
+        det.scan(x[y != 9], y[y != 9])
+    keep = np.concatenate([np.flatnonzero(y != 4), np.flatnonzero(y == 4)[:1]])
+    with pytest.raises(DataError, match="at least 2 samples per class"):
+        det.scan(x[keep], y[keep])
+    with pytest.raises(DataError, match="valid labels 0..9"):
+        det.scan(x, np.where(y == 9, 10, y))
+    with pytest.raises(DataError, match="float64"):
+        det.scan(x.astype(np.float64), y)
+    with pytest.raises(InvalidParameterError, match="unknown layer 'nope'.*relu1"):
+        OrderStatisticDetector(clf, layer="nope")
+    with pytest.raises(InvalidParameterError, match="objective must be one of"):
+        OrderStatisticDetector(clf, objective="K")
+    with torch.random.fork_rng(devices=[]):
+        two = make_classifier(DigitsCNN(nb_classes=2), device_type="cpu")
+    with pytest.raises(DataError, match="at least 3 classes"):
+        OrderStatisticDetector(two).scan(x[y < 2], y[y < 2])
