@@ -97,3 +97,29 @@ def _ss(context: EvaluationContext) -> list[DefenceOutcome]:
     from art_backdoor_ext.defences.activation import MultiLayerSpectralSignature
 
     return _multilayer(context, MultiLayerSpectralSignature)
+
+
+def _clean_set(context: EvaluationContext, per_class: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    from art_backdoor_ext.datasets import sample_per_class
+
+    return sample_per_class(context.x_clean, context.y_clean, per_class, random_state=context.random_state)
+
+
+@register_defence("ad", "model-scanner", "AD order-statistic detector, first-conv feature space (this project)")
+def _ad(context: EvaluationContext) -> list[DefenceOutcome]:
+    from art_backdoor_ext.defences import OrderStatisticDetector
+
+    report = OrderStatisticDetector(context.victim.classifier).scan(*_clean_set(context))
+    return [DefenceOutcome(layer=str(report.settings["resolved_layer"]), detected=report.detected,
+                           found_target=report.target if report.detected else None,
+                           extra={"p_value": report.p_value})]
+
+
+@register_defence("nc", "model-scanner", "Neural Cleanse for PyTorch, MAD anomaly index > 2")
+def _nc(context: EvaluationContext) -> list[DefenceOutcome]:
+    from art_backdoor_ext.defences import PyTorchNeuralCleanse
+
+    report = PyTorchNeuralCleanse(context.victim.classifier, random_state=context.random_state).scan(
+        *_clean_set(context))
+    return [DefenceOutcome(layer="input", detected=report.detected,
+                           found_target=report.target if report.detected else None)]

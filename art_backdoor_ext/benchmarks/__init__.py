@@ -14,7 +14,7 @@ from typing import Any
 
 from art_backdoor_ext.exceptions import InvalidParameterError
 
-__all__ = ["BenchmarkReport", "BENCHMARKS", "register_benchmark", "run_benchmark", "machine_description"]
+__all__ = ["BenchmarkReport", "BENCHMARKS", "register_benchmark", "run_benchmark", "available_benchmarks", "machine_description"]
 
 
 def machine_description() -> str:
@@ -78,12 +78,21 @@ def register_benchmark(name: str) -> Callable[[Callable[..., BenchmarkReport]], 
     return decorate
 
 
+def _load_all() -> None:
+    from art_backdoor_ext.benchmarks import acss, ad  # noqa: F401  (importing registers them)
+
+
+def available_benchmarks() -> list[str]:
+    """Names of the registered benchmarks."""
+    _load_all()
+    return list(BENCHMARKS)
+
+
 def run_benchmark(name: str, *, profile: str = "fast", random_state: int = 0, verbose: bool = False) -> BenchmarkReport:
     """Run a registered benchmark by name."""
     import time
 
-    from art_backdoor_ext.benchmarks import acss  # noqa: F401  (registers)
-
+    _load_all()
     if name not in BENCHMARKS:
         raise InvalidParameterError(f"unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
     if profile not in ("fast", "full"):

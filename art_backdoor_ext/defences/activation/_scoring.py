@@ -1,22 +1,35 @@
-"""Per-class statistics behind :mod:`art_backdoor_ext.defences.activation.multilayer` (numpy / scikit-learn only).
+"""Per-class statistics and result types behind :mod:`~art_backdoor_ext.defences.activation.multilayer`.
 
 - Activation Clustering (Chen et al., 2018): :func:`reduce_dimensionality`, :func:`cluster_class`,
-  :func:`suspicious_clusters` (relative size + silhouette analysis written here with scikit-learn, because ART's
-  ``cluster_analysis="relative-size"``/``"silhouette-scores"`` crash on NumPy 2).
-- Spectral Signatures (Tran et al., 2018): :func:`spectral_projection` (features centred per class before the top
-  right-singular vector), :func:`robust_outliers` (median/MAD rule), :func:`top_fraction` (the paper's rule).
+  :func:`suspicious_clusters` (relative size + silhouette analysis written here with scikit-learn, because
+  ART's ``cluster_analysis="relative-size"``/``"silhouette-scores"`` crash on NumPy 2).
+- Spectral Signatures (Tran et al., 2018): :func:`spectral_projection` (features centred per class before the
+  top right-singular vector), :func:`robust_outliers` (median/MAD rule), :func:`top_fraction` (the paper's
+  rule).
 - :func:`detection_metrics`: precision, recall and F1 of a poison detection against ground truth.
 
-Nothing here touches a model; every function takes the features of ONE class.
+:func:`robust_outliers` is not :func:`art_backdoor_ext.functional.robust.mad_anomaly_index` because of the
+MAD = 0 case: Neural Cleanse's convention (any deviation is infinitely anomalous) would flag up to half of a
+class whose activations are mostly identical.
+
+Numpy / scikit-learn only: nothing here touches a model; every function takes the features of ONE class.
+The result types :class:`ClassAnalysis` and :class:`LayerDetection` are re-exported by ``multilayer``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
+from art_backdoor_ext.functional import metrics
+
 __all__ = [
+    "ClassAnalysis",
+    "LayerDetection",
+    "principal_components",
     "reduce_dimensionality",
     "cluster_class",
     "suspicious_clusters",
@@ -32,26 +45,114 @@ MAD_TO_SIGMA = 1.4826
 MEANAD_TO_SIGMA = 1.2533
 
 
+@dataclass
+class ClassAnalysis:
+    """What the analysis found in one class (fields that do not apply to the method are ``None``).
+
+    :param cluster_sizes: AC: samples per KMeans cluster.
+    :param silhouette: AC: silhouette score of the class's split.
+    :param suspicious_clusters: AC: indices of the clusters flagged as poison.
+    :param median: SS: median projection on the top singular vector.
+    :param scale: SS: robust scale (1.4826 MAD) of the projections.
+    :param threshold: SS: the lowest flagged score under the paper's fraction rule.
+    :param note: why the class was not analysed (too few samples).
+    """
+
+    label: int
+    n_samples: int
+    n_flagged: int = 0
+    cluster_sizes: list[int] | None = None
+    silhouette: float | None = None
+    suspicious_clusters: list[int] | None = None
+    median: float | None = None
+    scale: float | None = None
+    threshold: float | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LayerDetection:
+    """Result of one method on one layer.
+
+    :param is_poison: (N,) bool, True where the sample is flagged as poison.
+    :param scores: (N,) float, higher is more suspicious. SS: squared projection on the top singular vector of
+        the centred class features. AC: the sample's silhouette value (clipped at 0) when it lies outside the
+        largest cluster of its class, else 0.
+    :param classes: One :class:`ClassAnalysis` per class.
+    :param metrics: precision/recall/F1 and confusion counts when ground truth was given, else ``None``.
+    """
+
+    layer: str
+    method: str
+    n_features: int
+    is_poison: np.ndarray
+    scores: np.ndarray
+    classes: list[ClassAnalysis] = field(default_factory=list)
+    metrics: dict[str, float | int] | None = None
+
+    @property
+    def is_clean(self) -> list[int]:
+        """ART's convention: 1 clean, 0 poison."""
+        return [int(v) for v in ~self.is_poison]
+
+    def to_dict(self, include_arrays: bool = True) -> dict[str, Any]:
+        """Plain Python values only (``json.dumps`` accepts it); ``include_arrays`` adds is_clean, scores."""
+        out: dict[str, Any] = {
+            "layer": self.layer,
+            "method": self.method,
+            "n_features": int(self.n_features),
+            "n_flagged": int(np.sum(self.is_poison)),
+            "classes": [c.to_dict() for c in self.classes],
+            "metrics": None if self.metrics is None else dict(self.metrics),
+        }
+        if include_arrays:
+            out["is_clean"] = self.is_clean
+            out["scores"] = [float(s) for s in self.scores]
+        return out
+
+
+def principal_components(centred: np.ndarray, k: int) -> np.ndarray:
+    """Scores of centred (n, D) data on its top ``k`` principal axes, i.e. ``U_k * S_k`` of its SVD.
+
+    Computed from the smaller of the two Gram matrices (n x n or D x D), which is much faster than an SVD when
+    n << D (a class of conv activations); signs are fixed so that each column's largest entry is positive.
+    """
+    n, d = centred.shape
+    k = min(k, n, d)
+    if n <= d:
+        eigenvalues, vectors = np.linalg.eigh(centred @ centred.T)
+        top = np.argsort(eigenvalues)[::-1][:k]
+        scores = vectors[:, top] * np.sqrt(np.clip(eigenvalues[top], 0.0, None))
+    else:
+        eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
+        top = np.argsort(eigenvalues)[::-1][:k]
+        scores = centred @ vectors[:, top]
+    pivot = np.argmax(np.abs(scores), axis=0)
+    signs = np.sign(scores[pivot, np.arange(scores.shape[1])])
+    return scores * np.where(signs == 0, 1.0, signs)
+
+
 def reduce_dimensionality(
     features: np.ndarray, *, nb_dims: int, method: str = "PCA", random_state: int | None = None
 ) -> np.ndarray:
-    """Project (n, D) features to ``min(nb_dims, n, D)`` dimensions with PCA or FastICA.
+    """Project (n, D) features to ``min(nb_dims, n, D)`` dimensions with PCA or scikit-learn's FastICA.
 
     Features that already have ``D <= nb_dims`` are returned unchanged (as float64).
     """
-    from sklearn.decomposition import PCA, FastICA
-
     data = np.asarray(features, dtype=np.float64)
     n, d = data.shape
-    dims = min(nb_dims, n, d)
-    if d <= nb_dims or dims < 1:
+    if d <= nb_dims or n < 2:
         return data
     if method == "FastICA":
-        projector = FastICA(n_components=dims, whiten="unit-variance", max_iter=1000, tol=0.005,
+        from sklearn.decomposition import FastICA
+
+        projector = FastICA(n_components=min(nb_dims, n), whiten="unit-variance", max_iter=1000, tol=0.005,
                             random_state=random_state)
-    else:
-        projector = PCA(n_components=dims, random_state=random_state)
-    return projector.fit_transform(data)
+        return projector.fit_transform(data)
+    return principal_components(data - data.mean(axis=0, keepdims=True), nb_dims)
 
 
 def cluster_class(
@@ -84,8 +185,9 @@ def suspicious_clusters(
 ) -> list[int]:
     """The clusters of one class judged poisonous.
 
-    - ``"size-silhouette"`` (default): clusters smaller than ``max_poison_fraction`` of the class, and only when
-      the split is well separated (silhouette > ``min_silhouette``). A class that does not split clearly keeps all.
+    - ``"size-silhouette"`` (default): clusters smaller than ``max_poison_fraction`` of the class, and only
+      when the split is well separated (silhouette > ``min_silhouette``). A class that does not split clearly
+      keeps all.
     - ``"relative-size"``: clusters smaller than ``max_poison_fraction`` of the class.
     - ``"silhouette"``: the smallest cluster when silhouette > ``min_silhouette``.
     - ``"smaller"``: the smallest cluster of every class, unconditionally (ART's default; flags every class).
@@ -112,9 +214,9 @@ def spectral_projection(features: np.ndarray) -> np.ndarray:
     """Signed projection of one class's centred features on their top right-singular vector.
 
     The spectral-signature score of Tran et al. is the square of this projection. ART's
-    ``SpectralSignatureDefense.spectral_signature_scores`` centres the features to find the singular vector but
-    then projects the uncentred features, which shifts every score; applied to features that are already centred
-    it gives ``abs`` of this projection.
+    ``SpectralSignatureDefense.spectral_signature_scores`` centres the features to find the singular vector
+    but then projects the uncentred features, which shifts every score; applied to features that are already
+    centred it gives ``abs`` of this projection.
 
     :param features: (n, D) features of one class.
     :return: (n,) projections with mean 0.
@@ -123,15 +225,15 @@ def spectral_projection(features: np.ndarray) -> np.ndarray:
     centred = data - data.mean(axis=0, keepdims=True)
     if len(centred) < 2 or not np.any(centred):
         return np.zeros(len(centred))
-    _, _, v_t = np.linalg.svd(centred, full_matrices=False)
-    return centred @ v_t[0]
+    return principal_components(centred, 1)[:, 0]
 
 
 def robust_outliers(values: np.ndarray, k: float) -> tuple[np.ndarray, float, float]:
-    """Flag ``|v - median| > k * scale`` with scale = 1.4826 * MAD (the modified z-score of Iglewicz & Hoaglin).
+    """Flag ``|v - median| > k * scale`` with scale = 1.4826 * MAD (the modified z-score of Iglewicz &
+    Hoaglin).
 
-    When more than half of the values are equal (MAD = 0) the scale falls back to 1.2533 times the mean absolute
-    deviation; when that is 0 too nothing is flagged.
+    When more than half of the values are equal (MAD = 0) the scale falls back to 1.2533 times the mean
+    absolute deviation; when that is 0 too nothing is flagged.
 
     :return: (mask, median, scale).
     """
@@ -162,18 +264,12 @@ def top_fraction(scores: np.ndarray, fraction: float) -> tuple[np.ndarray, float
 
 
 def detection_metrics(is_poison: np.ndarray, is_poison_true: np.ndarray) -> dict[str, float | int]:
-    """Confusion counts, precision, recall and F1 of a poison detection (poison is the positive class).
+    """Confusion counts, precision, recall and F1 (poison is the positive class), as plain Python numbers.
 
-    Precision (recall) is 0 when nothing is flagged (nothing is poisoned); F1 is 0 when both are 0.
+    Built on :mod:`art_backdoor_ext.functional.metrics` (precision/recall/F1 are 0 when undefined).
     """
-    pred = np.asarray(is_poison, dtype=bool)
-    true = np.asarray(is_poison_true, dtype=bool)
-    tp = int(np.sum(pred & true))
-    fp = int(np.sum(pred & ~true))
-    fn = int(np.sum(~pred & true))
-    tn = int(np.sum(~pred & ~true))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn,
-            "precision": float(precision), "recall": float(recall), "f1": float(f1)}
+    counts = metrics.detection_counts(is_poison, is_poison_true)
+    return {"tp": counts.true_positives, "fp": counts.false_positives, "fn": counts.false_negatives,
+            "tn": counts.true_negatives, "precision": metrics.precision(is_poison, is_poison_true),
+            "recall": metrics.recall(is_poison, is_poison_true),
+            "f1": metrics.f_beta(is_poison, is_poison_true)}

@@ -144,35 +144,60 @@ class Additive:
 
 
 class MaskPattern:
-    """Neural Cleanse: x' = (1 - m) x + m p, m = sigmoid(a) (1, H, W), p = sigmoid(b) (C, H, W).
+    """Neural Cleanse: x' = (1 - m) x + m p, m = sigmoid(a) (1, H, W), p = low + (high - low) sigmoid(b) (C, H, W).
 
     Loss: cross-entropy to the target + cost * |m|_1, with Wang et al.'s adaptive cost (multiplied by 1.5
-    after ``patience`` iterations at or above ``pi``, divided by 1.5**1.5 after ``patience`` below).
+    after ``patience`` iterations at or above ``pi``, divided by 1.5**1.5 after ``patience`` below), each
+    problem with its own cost and counters. Adam with Wang et al.'s betas (0.5, 0.9).
+
+    Every problem starts from the *same* random (mask, pattern), drawn from ``random_state`` alone: a
+    problem's trajectory then depends neither on how many problems share its chunk nor on its position, so
+    running all problems at once, in chunks, or one at a time gives the same result (Adam and the adaptive
+    cost act per element / per problem). ``random_state=None`` draws the seed once, at construction.
+
+    :param value_range: (low, high) of the space the pattern lives in (the classifier's ``clip_values`` in
+        input space); the pattern is kept inside it.
     """
 
     stops_at_target = False
 
-    def __init__(self, learning_rate: float = 0.1, init_cost: float = 1e-3, patience: int = 5) -> None:
+    def __init__(self, learning_rate: float = 0.1, init_cost: float = 1e-3, patience: int = 5, *,
+                 random_state: int | None = None, value_range: tuple[float, float] = (0.0, 1.0)) -> None:
+        if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, int)
+                                         or random_state < 0):
+            raise InvalidParameterError(f"random_state must be None or an int >= 0, got {random_state!r}")
+        low, high = (float(v) for v in value_range)
+        if not high > low:
+            raise InvalidParameterError(f"value_range must be (low, high) with low < high, got {value_range!r}")
         self.learning_rate = learning_rate
         self.init_cost = init_cost
         self.patience = patience
+        self.random_state = random_state
+        self.value_range = (low, high)
+        self._seed = int(np.random.SeedSequence(random_state).generate_state(1)[0])
         self._optimizer: torch.optim.Optimizer | None = None
         self._cost: torch.Tensor | None = None
         self._up: torch.Tensor | None = None
         self._down: torch.Tensor | None = None
 
     def init(self, n: int, shape: tuple[int, ...], device: torch.device) -> list[torch.Tensor]:
-        gen = torch.Generator(device="cpu").manual_seed(n * 7919 + int(np.prod(shape)))
-        mask = (torch.rand((n, 1) + shape[1:], generator=gen) * 2 - 1).to(device).requires_grad_(True)
-        pattern = (torch.rand((n,) + shape, generator=gen) * 2 - 1).to(device).requires_grad_(True)
+        gen = torch.Generator(device="cpu").manual_seed(self._seed)
+        mask0 = torch.rand((1, 1) + tuple(shape[1:]), generator=gen) * 2 - 1
+        pattern0 = torch.rand((1,) + tuple(shape), generator=gen) * 2 - 1
+        mask = mask0.expand((n,) + mask0.shape[1:]).clone().to(device).requires_grad_(True)
+        pattern = pattern0.expand((n,) + pattern0.shape[1:]).clone().to(device).requires_grad_(True)
         self._optimizer = torch.optim.Adam([mask, pattern], lr=self.learning_rate, betas=(0.5, 0.9))
         self._cost = torch.full((n,), self.init_cost, device=device)
         self._up = torch.zeros(n, dtype=torch.long, device=device)
         self._down = torch.zeros(n, dtype=torch.long, device=device)
         return [mask, pattern]
 
+    def _pattern(self, raw: torch.Tensor) -> torch.Tensor:
+        low, high = self.value_range
+        return low + (high - low) * torch.sigmoid(raw)
+
     def apply(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        m, p = torch.sigmoid(params[0])[:, None], torch.sigmoid(params[1])[:, None]
+        m, p = torch.sigmoid(params[0])[:, None], self._pattern(params[1])[:, None]
         return (1 - m) * x + m * p
 
     def sizes(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +206,10 @@ class MaskPattern:
     def penalty(self, params: list[torch.Tensor]) -> torch.Tensor:
         if self._cost is None:
             raise RuntimeError("MaskPattern.init was not called")
-        return self._cost[: params[0].shape[0]] * torch.sigmoid(params[0]).flatten(1).sum(1)
+        if params[0].shape[0] != self._cost.shape[0]:
+            raise RuntimeError(f"MaskPattern.penalty needs all {self._cost.shape[0]} problems of the chunk, "
+                               f"got {params[0].shape[0]}")
+        return self._cost * torch.sigmoid(params[0]).flatten(1).sum(1)
 
     def update(self, params: list[torch.Tensor], active: torch.Tensor, reached: torch.Tensor) -> None:
         if self._optimizer is None or self._cost is None or self._up is None or self._down is None:
@@ -198,8 +226,8 @@ class MaskPattern:
         self._down[lower_cost] = 0
 
     def pattern(self, params: list[torch.Tensor]) -> torch.Tensor:
-        m, p = torch.sigmoid(params[0]), torch.sigmoid(params[1])
-        return torch.cat([m, p], dim=1)
+        """(n, 1 + C, H, W): the mask in channel 0, the pattern (in ``value_range``) in the others."""
+        return torch.cat([torch.sigmoid(params[0]), self._pattern(params[1])], dim=1)
 
 
 @dataclass

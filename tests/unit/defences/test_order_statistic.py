@@ -96,3 +96,35 @@ def test_bad_input(badnets_victim, clean_set):
         two = make_classifier(DigitsCNN(nb_classes=2), device_type="cpu")
     with pytest.raises(DataError, match="at least 3 classes"):
         OrderStatisticDetector(two).scan(x[y < 2], y[y < 2])
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_scan_cli_writes_report_and_plot(chessboard_victim, digits, tmp_path, capsys):
+    from art_backdoor_ext import cli
+
+    weights, data = tmp_path / "model.pt", tmp_path / "clean.npz"
+    torch.save(chessboard_victim.classifier.model.state_dict(), weights)
+    x, y = sample_per_class(digits.x_test, digits.y_test, 20, random_state=0)
+    np.savez(data, x=x, y=y)
+    out = tmp_path / "out"
+    code = cli.main(["scan", "--arch", "digits-cnn", "--weights", str(weights), "--data", str(data),
+                     "--output", str(out), "--quiet"])
+    assert code == 0 and "BACKDOOR DETECTED" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == 0 and report["detected"]
+    assert (out / "statistics.png").stat().st_size > 1000
+
+
+def test_scan_cli_refuses_code_in_weights(tmp_path, capsys, monkeypatch):
+    from art_backdoor_ext import cli
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"conv1.weight": _Evil()}, tmp_path / "evil.pt")
+    np.savez(tmp_path / "clean.npz", x=np.zeros((30, 1, 8, 8), np.float32), y=np.repeat(np.arange(10), 3))
+    code = cli.main(["scan", "--arch", "digits-cnn", "--weights", "evil.pt", "--data", "clean.npz"])
+    assert code == 2 and "weights_only=True" in capsys.readouterr().err
+    assert not (tmp_path / "PWNED").exists()

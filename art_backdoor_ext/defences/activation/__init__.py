@@ -1,0 +1,17 @@
+"""Poison-filtering defences that read a model's internal activations (PyTorch, any layer)."""
+
+from art_backdoor_ext.defences.activation.multilayer import (
+    ClassAnalysis,
+    LayerDetection,
+    MultiLayerActivationDefence,
+    MultiLayerSpectralSignature,
+    penultimate_layer,
+)
+
+__all__ = [
+    "ClassAnalysis",
+    "LayerDetection",
+    "MultiLayerActivationDefence",
+    "MultiLayerSpectralSignature",
+    "penultimate_layer",
+]
