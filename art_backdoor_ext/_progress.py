@@ -10,7 +10,9 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 
-def progress(iterable: Iterable[T], *, verbose: bool, desc: str, total: int | None = None, **kwargs: Any) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], *, verbose: bool, desc: str, total: int | None = None, **kwargs: Any
+) -> Iterator[T]:
     """Wrap ``iterable`` in a tqdm bar when ``verbose``; otherwise return it unchanged."""
     if not verbose:
         return iter(iterable)

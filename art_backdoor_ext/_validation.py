@@ -45,11 +45,12 @@ class Interval:
             return False
         if self.kind is int and not isinstance(value, numbers.Integral):
             return False
-        if not np.isfinite(float(value)):
+        number = float(value)
+        if not np.isfinite(number):
             return False
-        left_ok = self.low is None or (value >= self.low if self.closed in ("both", "left") else value > self.low)
+        left_ok = self.low is None or (number >= self.low if self.closed in ("both", "left") else number > self.low)
         right_ok = self.high is None or (
-            value <= self.high if self.closed in ("both", "right") else value < self.high
+            number <= self.high if self.closed in ("both", "right") else number < self.high
         )
         return bool(left_ok and right_ok)
 
@@ -194,7 +195,9 @@ def check_images(
                     f"channels-first (N, {expected[0]}, {expected[1]}, {expected[2]}); "
                     f"use np.transpose({name}, (0, 3, 1, 2))"
                 )
-            raise DataError(f"{name} has shape {x.shape} but the classifier expects (N, {', '.join(map(str, expected))})")
+            raise DataError(
+                f"{name} has shape {x.shape} but the classifier expects (N, {', '.join(map(str, expected))})"
+            )
     if x.dtype == np.float64 and not allow_float64:
         raise DataError(
             f"{name} has dtype float64 but the classifier's model runs in float32; pass {name}.astype(np.float32)"
@@ -262,19 +265,20 @@ def check_labels(
     return labels
 
 
-def check_class_counts(y: np.ndarray, *, nb_classes: int, min_per_class: int, name: str = "y",
-                       classes: Iterable[int] | None = None) -> np.ndarray:
+def check_class_counts(
+    y: np.ndarray, *, nb_classes: int, min_per_class: int, name: str = "y", classes: Iterable[int] | None = None
+) -> np.ndarray:
     """Require at least ``min_per_class`` samples of every class; return the per-class counts."""
     counts = np.bincount(y, minlength=nb_classes)
     wanted = range(nb_classes) if classes is None else classes
     missing = [c for c in wanted if counts[c] == 0]
     if missing:
-        raise DataError(f"{name} has no samples of class(es) {missing}; every one of the {nb_classes} classes is needed")
+        raise DataError(
+            f"{name} has no samples of class(es) {missing}; every one of the {nb_classes} classes is needed"
+        )
     few = {c: int(counts[c]) for c in wanted if counts[c] < min_per_class}
     if few:
-        raise DataError(
-            f"{name} needs at least {min_per_class} samples per class but has too few for class(es) {few}"
-        )
+        raise DataError(f"{name} needs at least {min_per_class} samples per class but has too few for class(es) {few}")
     return counts
 
 

@@ -21,10 +21,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from art_backdoor_ext.evaluation import run_grid
 
     layers = _split(args.layers)
-    print(f"Training a DigitsCNN on scikit-learn digits poisoned with a BadNets patch "
-          f"(rate {args.rate}, target 0, through ART's PoisoningAttackBackdoor)...")
-    result = run_grid(["badnets"], ["art-ac", "art-ss", "ac", "ss"], dataset="digits", layers=layers,
-                      rate=args.rate, nb_epochs=args.epochs, random_state=args.seed, verbose=True)
+    print(
+        f"Training a DigitsCNN on scikit-learn digits poisoned with a BadNets patch "
+        f"(rate {args.rate}, target 0, through ART's PoisoningAttackBackdoor)..."
+    )
+    result = run_grid(
+        ["badnets"],
+        ["art-ac", "art-ss", "ac", "ss"],
+        dataset="digits",
+        layers=layers,
+        rate=args.rate,
+        nb_epochs=args.epochs,
+        random_state=args.seed,
+        verbose=True,
+    )
     first = result.rows[0]
     print(f"benign accuracy {first.benign_accuracy:.3f}, attack success rate {first.attack_success_rate:.3f}\n")
     print("Poison detection on the training set (positive = poisoned sample):")
@@ -47,9 +57,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for d in DEFENCES.values():
             print(f"  {d.name:12s} [{d.kind}] {d.description}")
         return 0
-    result = run_grid(_split(args.attacks), _split(args.defences), dataset=args.dataset, n_models=args.models,
-                      layers=_split(args.layers), rate=args.rate, nb_epochs=args.epochs, random_state=args.seed,
-                      verbose=not args.quiet)
+    result = run_grid(
+        _split(args.attacks),
+        _split(args.defences),
+        dataset=args.dataset,
+        n_models=args.models,
+        layers=_split(args.layers),
+        rate=args.rate,
+        nb_epochs=args.epochs,
+        random_state=args.seed,
+        verbose=not args.quiet,
+    )
     text = {"markdown": result.to_markdown, "csv": result.to_csv, "json": result.to_json}[args.format]()
     if args.output:
         Path(args.output).write_text(text)
@@ -84,8 +102,14 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             raise DataError(f"{args.data} must be an .npz file with arrays 'x' (N, C, H, W) and 'y' (N,)")
         x, y = data["x"].astype(np.float32), data["y"]
     layer = None if args.layer == "input" else args.layer
-    detector = OrderStatisticDetector(make_classifier(model), layer=layer, norm=args.norm, objective=args.objective,
-                                      significance=args.significance, verbose=not args.quiet)
+    detector = OrderStatisticDetector(
+        make_classifier(model),
+        layer=layer,
+        norm=args.norm,
+        objective=args.objective,
+        significance=args.significance,
+        verbose=not args.quiet,
+    )
     report = detector.scan(x, y)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +126,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     names = available_benchmarks() if args.name == "all" else [args.name]
     for name in names:
-        report = run_benchmark(name, profile=args.profile, random_state=args.seed, verbose=not args.quiet)
+        report = run_benchmark(
+            name, profile=args.profile, random_state=args.seed, verbose=not args.quiet, models=args.models
+        )
         print(report.to_markdown())
         if args.output:
             out = Path(args.output)
@@ -117,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="BadNets on digits; ART's AC/SS against the layer-selectable versions")
-    demo.add_argument("--layers", default="relu2,relu3", help="internal layers for our AC/SS (comma separated)")
-    demo.add_argument("--rate", type=float, default=0.1, help="poisoned fraction of the training set")
+    demo.add_argument("--layers", default="relu1,relu2,relu3", help="internal layers for our AC/SS (comma separated)")
+    demo.add_argument("--rate", type=float, default=0.05, help="poisoned fraction of the training set")
     demo.add_argument("--epochs", type=int, default=20)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--output", help="write the rows as JSON here")
@@ -131,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
     ev.add_argument("--models", type=int, default=1, help="victims per attack")
     ev.add_argument("--layers", default="", help="layers for layer-selectable defences")
-    ev.add_argument("--rate", type=float, default=0.1)
+    ev.add_argument("--rate", type=float, default=0.05)
     ev.add_argument("--epochs", type=int, default=None)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
@@ -140,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_cmd_evaluate)
 
     scan = sub.add_parser("scan", help="scan a saved model for a backdoor with AD")
-    scan.add_argument("--arch", required=True, help="reference architecture: digits-cnn, badnets-cnn, cifar-cnn, resnet18")
+    scan.add_argument(
+        "--arch", required=True, help="reference architecture: digits-cnn, badnets-cnn, cifar-cnn, resnet18"
+    )
     scan.add_argument("--weights", required=True, help="state_dict file (loaded with weights_only=True)")
     scan.add_argument("--data", required=True, help=".npz with clean x (N, C, H, W) float in [0, 1] and labels y")
     scan.add_argument("--classes", type=int, default=10)
@@ -156,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", help="benchmark name, or 'all'")
     bench.add_argument("--profile", choices=["fast", "full"], default="fast")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--models", type=int, default=None, help="override the profile's victims per group")
     bench.add_argument("--output", help="folder for JSON results")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(func=_cmd_bench)

@@ -183,7 +183,7 @@ class EvaluationResult:
 
 
 def train_reference_victim(
-    attack: str, *, dataset: str = "digits", random_state: int = 0, rate: float = 0.1, target: int = 0,
+    attack: str, *, dataset: str = "digits", random_state: int = 0, rate: float = 0.05, target: int = 0,
     nb_epochs: int | None = None, data: Any = None, verbose: bool = False,
 ) -> tuple[VictimResult, Any]:
     """Train the reference network of ``dataset`` under a registered attack; return (victim, dataset)."""
@@ -224,7 +224,7 @@ def run_grid(
     dataset: str = "digits",
     n_models: int = 1,
     layers: Sequence[str] | None = None,
-    rate: float = 0.1,
+    rate: float = 0.05,
     nb_epochs: int | None = None,
     random_state: int = 0,
     verbose: bool = False,

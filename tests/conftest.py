@@ -19,6 +19,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _single_threaded_blas():
+    """Tiny models and matrices: one BLAS and one torch thread avoid oversubscription on 2-core machines."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_digits()
@@ -32,14 +46,14 @@ def white_patch(x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def badnets_victim(digits):
-    """DigitsCNN trained on digits with a 2x2 white patch, all-to-one target 0, 10% poisoned."""
+    """DigitsCNN trained on digits with a 2x2 white patch, all-to-one target 0, 5% poisoned (1/3 of class 0)."""
     from art_backdoor_ext.training import train_victim
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         classifier = make_classifier(DigitsCNN(), device_type="cpu")
     return train_victim(classifier, digits.x_train, digits.y_train, digits.x_test, digits.y_test, white_patch,
-                        target=0, rate=0.1, nb_epochs=12, learning_rate=3e-3, random_state=0)
+                        target=0, rate=0.05, nb_epochs=12, learning_rate=3e-3, random_state=0)
 
 
 @pytest.fixture()

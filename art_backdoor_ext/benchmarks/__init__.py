@@ -14,7 +14,14 @@ from typing import Any
 
 from art_backdoor_ext.exceptions import InvalidParameterError
 
-__all__ = ["BenchmarkReport", "BENCHMARKS", "register_benchmark", "run_benchmark", "available_benchmarks", "machine_description"]
+__all__ = [
+    "BenchmarkReport",
+    "BENCHMARKS",
+    "register_benchmark",
+    "run_benchmark",
+    "available_benchmarks",
+    "machine_description",
+]
 
 
 def machine_description() -> str:
@@ -38,12 +45,23 @@ class BenchmarkReport:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "profile": self.profile, "tables": self.tables, "notes": self.notes,
-                "machine": self.machine, "date": self.date, "seconds": self.seconds}
+        return {
+            "name": self.name,
+            "profile": self.profile,
+            "tables": self.tables,
+            "notes": self.notes,
+            "machine": self.machine,
+            "date": self.date,
+            "seconds": self.seconds,
+        }
 
     def to_markdown(self) -> str:
-        out = [f"## bench {self.name} ({self.profile} profile)", "",
-               f"Machine: {self.machine}; date {self.date}; {self.seconds:.0f} s in all.", ""]
+        out = [
+            f"## bench {self.name} ({self.profile} profile)",
+            "",
+            f"Machine: {self.machine}; date {self.date}; {self.seconds:.0f} s in all.",
+            "",
+        ]
         for title, rows in self.tables.items():
             out += [f"### {title}", "", _table(rows), ""]
         out += [f"- {n}" for n in self.notes]
@@ -88,8 +106,10 @@ def available_benchmarks() -> list[str]:
     return list(BENCHMARKS)
 
 
-def run_benchmark(name: str, *, profile: str = "fast", random_state: int = 0, verbose: bool = False) -> BenchmarkReport:
-    """Run a registered benchmark by name."""
+def run_benchmark(
+    name: str, *, profile: str = "fast", random_state: int = 0, verbose: bool = False, models: int | None = None
+) -> BenchmarkReport:
+    """Run a registered benchmark by name; ``models`` overrides the profile's number of victims per group."""
     import time
 
     _load_all()
@@ -98,6 +118,9 @@ def run_benchmark(name: str, *, profile: str = "fast", random_state: int = 0, ve
     if profile not in ("fast", "full"):
         raise InvalidParameterError(f"profile must be 'fast' or 'full', got {profile!r}")
     start = time.perf_counter()
-    report = BENCHMARKS[name](profile=profile, random_state=random_state, verbose=verbose)
+    extra = {} if models is None else {"models": models}
+    report = BENCHMARKS[name](profile=profile, random_state=random_state, verbose=verbose, **extra)
+    if models is not None:
+        report.notes.append(f"victims per group overridden on the command line: --models {models}")
     report.seconds = time.perf_counter() - start
     return report

@@ -30,9 +30,10 @@ from art_backdoor_ext.training import fit_classifier, train_victim
 
 PROFILES: dict[str, dict[str, Any]] = {
     "fast": {"dataset": "digits", "models": 3, "per_class": 20, "train": None, "epochs": 20, "lr": 3e-3,
-             "arch": "digits-cnn", "sparse_norm": 1.0, "global_norm": 1.0, "count": 60},
+             "arch": "digits-cnn", "sparse_norm": 1.0, "global_norm": 1.0, "count": 60, "variants": None},
     "full": {"dataset": "fashion-mnist", "models": 10, "per_class": 30, "train": 20000, "epochs": 4, "lr": 1e-3,
-             "arch": "badnets-cnn", "sparse_norm": 2.0, "global_norm": 2.0, "count": 300},
+             "arch": "badnets-cnn", "sparse_norm": 2.0, "global_norm": 2.0, "count": 300,
+             "variants": ["AD-J-P (input)", "AD-J-P-L1 (input)", "AD-J-C (input)", "AD-J-P (first conv, default)"]},
 }
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -67,7 +68,7 @@ def _victim(group: str, seed: int, data: Any, cfg: dict[str, Any]) -> tuple[Any,
     trigger = (sparse_pixel_trigger(n_pixels=4, l2_norm=cfg["sparse_norm"], random_state=seed)
                if group == "BD-P-S" else chessboard_trigger(l2_norm=cfg["global_norm"]))
     mode = "one-to-one" if n_sources == 1 else "multi-source"
-    victim = train_victim(clf, x, y, data.x_test, data.y_test, trigger, target=target, mode=mode, sources=sources,
+    train_victim(clf, x, y, data.x_test, data.y_test, trigger, target=target, mode=mode, sources=sources,
                           count=cfg["count"] * n_sources, nb_epochs=cfg["epochs"], learning_rate=cfg["lr"],
                           random_state=seed)
     return clf, target, sources
@@ -99,8 +100,11 @@ def _speed(clf: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 
 @register_benchmark("ad")
-def bench_ad(*, profile: str, random_state: int, verbose: bool) -> BenchmarkReport:
-    cfg = PROFILES[profile]
+def bench_ad(*, profile: str, random_state: int, verbose: bool, models: int | None = None) -> BenchmarkReport:
+    cfg = dict(PROFILES[profile])
+    if models is not None:
+        cfg["models"] = models
+    variants = {k: v for k, v in VARIANTS.items() if cfg["variants"] is None or k in cfg["variants"]}
     data = load_dataset(cfg["dataset"])
     nc_cls = _neural_cleanse()
     outcomes: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -114,7 +118,7 @@ def bench_ad(*, profile: str, random_state: int, verbose: bool) -> BenchmarkRepo
             x, y = sample_per_class(data.x_test, data.y_test, cfg["per_class"], random_state=seed)
             if speed_row is None:
                 speed_row = _speed(clf, x, y)
-            detectors: dict[str, Any] = {name: OrderStatisticDetector(clf, **kw) for name, kw in VARIANTS.items()}
+            detectors: dict[str, Any] = {name: OrderStatisticDetector(clf, **kw) for name, kw in variants.items()}
             if nc_cls is not None:
                 detectors["NC-L1 (MAD > 2)"] = nc_cls(clf, random_state=seed)
             for name, det in detectors.items():

@@ -46,10 +46,10 @@ def test_unknown_names_raise():
 
 
 def test_defences_on_a_trained_victim(badnets_victim, digits):
-    """ART's AC/SS and ours run on the same victim and give scores in range; ours on relu3 find the poison."""
+    """ART's AC/SS and ours run on the same victim and give scores in range; ours on relu2 find the poison."""
     _ensure_registered()
     ctx = EvaluationContext(badnets_victim, digits.x_test, digits.y_test, digits.x_test, digits.y_test,
-                            ["relu3"], 0)
+                            ["relu2"], 0)
     from art_backdoor_ext.evaluation import _row as make_row
 
     rows = []
@@ -57,7 +57,7 @@ def test_defences_on_a_trained_victim(badnets_victim, digits):
         spec = DEFENCES[name]
         rows += [make_row("badnets", 0, spec, o, badnets_victim, 0.0) for o in spec.run(ctx)]
     by_name = {r.defence: r for r in rows}
-    assert by_name["ac"].layer == "relu3" and by_name["art-ac"].layer == "last (ART)"
+    assert by_name["ac"].layer == "relu2" and by_name["art-ac"].layer == "last (ART)"
     assert all(0 <= r.f1 <= 1 for r in rows)
     assert by_name["ac"].f1 > 0.8
 

@@ -160,14 +160,18 @@ def cluster_class(
 ) -> tuple[np.ndarray, float, np.ndarray]:
     """KMeans on one class's reduced features.
 
-    :return: (cluster index per sample, silhouette score of the split, per-sample silhouette values).
-        The silhouette is 0 when KMeans finds a single cluster (e.g. identical points).
+    :return: (cluster index per sample: 0 for the largest cluster, 1 for the next, ...; silhouette score of
+        the split; per-sample silhouette values). The silhouette is 0 when KMeans finds a single cluster.
     """
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_samples
 
     k = min(nb_clusters, len(reduced))
-    assignment = KMeans(n_clusters=k, n_init=10, random_state=random_state).fit_predict(reduced)
+    raw = KMeans(n_clusters=k, n_init=10, random_state=random_state).fit_predict(reduced)
+    # canonical cluster indices: largest cluster first, ties by first appearance (KMeans labels are arbitrary)
+    labels, first_seen, counts = np.unique(raw, return_index=True, return_counts=True)
+    order = labels[np.lexsort((first_seen, -counts))]
+    assignment = np.argsort(order)[np.searchsorted(labels, raw)]
     n_found = len(np.unique(assignment))
     if n_found < 2 or n_found > len(reduced) - 1:
         return assignment, 0.0, np.zeros(len(reduced))

@@ -135,9 +135,8 @@ class _MultiLayerDefence(ParamsMixin, PoisonFilteringDefence):
             self._features_key = key
         return self._features
 
-    def _truth(self, is_clean_true: Any) -> np.ndarray | None:
-        if is_clean_true is None:
-            return None
+    def _truth(self, is_clean_true: Any) -> np.ndarray:
+        """Ground truth in ART's convention (1 clean, 0 poison) -> bool ``is_poison``."""
         truth = np.asarray(is_clean_true)
         if truth.shape != (len(self._labels),) or not np.all(np.isin(truth, (0, 1))):
             raise DataError(
@@ -153,7 +152,7 @@ class _MultiLayerDefence(ParamsMixin, PoisonFilteringDefence):
         :param is_clean_true: Optional ground truth (1 clean, 0 poison) to fill each result's ``metrics``.
         :return: Layer name -> :class:`LayerDetection`, in the order of ``layers``.
         """
-        truth = self._truth(is_clean_true)
+        truth = None if is_clean_true is None else self._truth(is_clean_true)
         results: dict[str, LayerDetection] = {}
         for layer, feats in self._layer_features().items():
             result = self._analyse_layer(layer, feats)
@@ -172,6 +171,7 @@ class _MultiLayerDefence(ParamsMixin, PoisonFilteringDefence):
             is judged clean and 0 when it is judged poison (ART's convention).
         """
         truth = kwargs.pop("is_clean_true", None)
+        truth_poison = None if truth is None else self._truth(truth)
         if kwargs:
             self.set_params(**kwargs)
         results = self.detect_poison_by_layer(is_clean_true=truth)
@@ -185,7 +185,7 @@ class _MultiLayerDefence(ParamsMixin, PoisonFilteringDefence):
             "n_samples": int(len(is_poison)),
             "n_flagged": int(is_poison.sum()),
             "flagged_indices": [int(i) for i in np.flatnonzero(is_poison)],
-            "metrics": None if truth is None else _scoring.detection_metrics(is_poison, self._truth(truth)),
+            "metrics": None if truth_poison is None else _scoring.detection_metrics(is_poison, truth_poison),
             "by_layer": {name: r.to_dict() for name, r in results.items()},
         }
         return report, [int(v) for v in ~is_poison]
@@ -214,9 +214,9 @@ class _MultiLayerDefence(ParamsMixin, PoisonFilteringDefence):
     def _vote(self, results: dict[str, LayerDetection]) -> np.ndarray:
         flags = np.stack([r.is_poison for r in results.values()])
         if self.layer_vote == "any":
-            return flags.any(axis=0)
+            return np.asarray(flags.any(axis=0), dtype=bool)
         if self.layer_vote == "all":
-            return flags.all(axis=0)
+            return np.asarray(flags.all(axis=0), dtype=bool)
         return flags[0].copy()
 
     def _analyse_layer(self, layer: str, features: np.ndarray) -> LayerDetection:

@@ -26,7 +26,13 @@ import numpy as np
 
 from art_backdoor_ext._validation import Instance, Interval, Options
 from art_backdoor_ext.defences.base import ModelScanner, to_builtin
-from art_backdoor_ext.defences.model.perturbation import Additive, EngineResult, PerturbationEngine, Problems, pair_problems
+from art_backdoor_ext.defences.model.perturbation import (
+    Additive,
+    EngineResult,
+    PerturbationEngine,
+    Problems,
+    pair_problems,
+)
 from art_backdoor_ext.exceptions import DataError
 from art_backdoor_ext.functional.robust import confusion_correction, order_statistic_pvalue, reciprocal_statistics
 
@@ -60,12 +66,23 @@ class OrderStatisticReport:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_builtin({
-            "detected": self.detected, "p_value": self.p_value, "source": self.source, "target": self.target,
-            "statistics": self.statistics, "sizes": self.sizes, "misclassification": self.misclassification,
-            "reached": self.reached, "estimated_pattern": self.estimated_pattern, "null": self.null,
-            "significance": self.significance, "seconds": self.seconds, "settings": self.settings,
-        })
+        return to_builtin(
+            {
+                "detected": self.detected,
+                "p_value": self.p_value,
+                "source": self.source,
+                "target": self.target,
+                "statistics": self.statistics,
+                "sizes": self.sizes,
+                "misclassification": self.misclassification,
+                "reached": self.reached,
+                "estimated_pattern": self.estimated_pattern,
+                "null": self.null,
+                "significance": self.significance,
+                "seconds": self.seconds,
+                "settings": self.settings,
+            }
+        )
 
 
 class OrderStatisticDetector(ModelScanner):
@@ -116,11 +133,24 @@ class OrderStatisticDetector(ModelScanner):
     }
     min_classes = 3
 
-    def __init__(self, classifier: Any, *, target_misclassification: float = 0.8, norm: str = "l2",
-                 objective: str = "J", confusion_correction: bool = False, layer: str | None = "auto",
-                 statistic: str = "size", significance: float = 0.05, step_size: float = 0.002,
-                 max_iter: int = 500, max_size: float = 1.0, batch_size: int = 4096,
-                 random_state: int | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        classifier: Any,
+        *,
+        target_misclassification: float = 0.8,
+        norm: str = "l2",
+        objective: str = "J",
+        confusion_correction: bool = False,
+        layer: str | None = "auto",
+        statistic: str = "size",
+        significance: float = 0.05,
+        step_size: float = 0.002,
+        max_iter: int = 500,
+        max_size: float = 1.0,
+        batch_size: int = 4096,
+        random_state: int | None = None,
+        verbose: bool = False,
+    ) -> None:
         super().__init__(classifier)
         self.target_misclassification = target_misclassification
         self.norm = norm
@@ -164,9 +194,16 @@ class OrderStatisticDetector(ModelScanner):
     def engine(self, scale: float) -> PerturbationEngine:
         """The configured engine (public so benchmarks can run the same engine one pair at a time)."""
         return PerturbationEngine(
-            self.classifier, Additive(self.step_size * scale), target_misclassification=self.target_misclassification,
-            objective=self.objective, layer=self._resolved_layer(), max_iter=self.max_iter, max_size_l2=self.max_size * scale,
-            max_batch_images=self.batch_size, verbose=self.verbose)
+            self.classifier,
+            Additive(self.step_size * scale),
+            target_misclassification=self.target_misclassification,
+            objective=self.objective,
+            layer=self._resolved_layer(),
+            max_iter=self.max_iter,
+            max_size_l2=self.max_size * scale,
+            max_batch_images=self.batch_size,
+            verbose=self.verbose,
+        )
 
     def _pair_sizes(self, result: EngineResult, k: int) -> np.ndarray:
         sizes = result.sizes(self.norm).copy()
@@ -177,8 +214,9 @@ class OrderStatisticDetector(ModelScanner):
                     d, rho = traces_d[:, p], traces_rho[:, p]
                     keep = ~np.isnan(d)
                     try:
-                        sizes[p] += confusion_correction(d[keep], rho[keep], order=3,
-                                                         target_fraction=self.target_misclassification)
+                        sizes[p] += confusion_correction(
+                            d[keep], rho[keep], order=3, target_fraction=self.target_misclassification
+                        )
                     except (DataError, ValueError) as err:
                         logger.debug("no confusion correction for pair %d: %s", p, err)
         return _to_matrix(result.problems, sizes, k)
@@ -187,8 +225,9 @@ class OrderStatisticDetector(ModelScanner):
         """Mean size of per-sample perturbations for each (source, target): one problem per (sample, target)."""
         n = len(y)
         pairs = [(i, t) for i in range(n) for t in range(k) if t != y[i]]
-        problems = Problems(np.array([[i] for i, _ in pairs]), np.array([t for _, t in pairs]),
-                            np.array([y[i] for i, _ in pairs]))
+        problems = Problems(
+            np.array([[i] for i, _ in pairs]), np.array([t for _, t in pairs]), np.array([y[i] for i, _ in pairs])
+        )
         engine.target_misclassification = 1.0
         result = engine.run(x, y, problems)
         sizes = result.sizes(self.norm)
@@ -213,16 +252,24 @@ class OrderStatisticDetector(ModelScanner):
         ost = order_statistic_pvalue(reciprocal_statistics(np.where(np.eye(k, dtype=bool), np.nan, statistics)))
         pair_index = int(np.flatnonzero((problems.sources == ost.source) & (problems.targets == ost.target))[0])
         report = OrderStatisticReport(
-            detected=bool(ost.p_value < self.significance), p_value=float(ost.p_value), source=int(ost.source),
-            target=int(ost.target), statistics=statistics, sizes=sizes,
+            detected=bool(ost.p_value < self.significance),
+            p_value=float(ost.p_value),
+            source=int(ost.source),
+            target=int(ost.target),
+            statistics=statistics,
+            sizes=sizes,
             misclassification=_to_matrix(problems, result.misclassification, k),
             reached=_to_matrix(problems, result.reached.astype(float), k) == 1,
-            estimated_pattern=result.perturbations[pair_index], null=ost.null.to_dict(),
-            significance=self.significance, seconds=time.perf_counter() - start,
-            settings={**{k_: v for k_, v in self.get_params().items() if k_ != "verbose"},
-                      "resolved_layer": self._resolved_layer()})
-        logger.info("AD: p=%.3g pair (%d -> %d) in %.1fs", report.p_value, report.source, report.target,
-                    report.seconds)
+            estimated_pattern=result.perturbations[pair_index],
+            null=ost.null.to_dict(),
+            significance=self.significance,
+            seconds=time.perf_counter() - start,
+            settings={
+                **{k_: v for k_, v in self.get_params().items() if k_ != "verbose"},
+                "resolved_layer": self._resolved_layer(),
+            },
+        )
+        logger.info("AD: p=%.3g pair (%d -> %d) in %.1fs", report.p_value, report.source, report.target, report.seconds)
         return report
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "target_problems",
     "Additive",
     "MaskPattern",
+    "SampleWiseShift",
     "EngineResult",
     "PerturbationEngine",
 ]
@@ -230,6 +231,85 @@ class MaskPattern:
         return torch.cat([torch.sigmoid(params[0]), self._pattern(params[1])], dim=1)
 
 
+class SampleWiseShift:
+    """CEPA's parametrisation: one additive input perturbation per sample and problem, ``delta`` (P, n, C, H, W).
+
+    Zero-initialised (Li et al., 2024: the sizes of the deltas are kept small implicitly by starting at zero and
+    stopping early). Updated by Adam implemented per row: each problem keeps its own moments and step count and
+    only the rows in ``active`` move, so a stopped problem stays frozen and a problem's trajectory does not depend
+    on the other problems of its chunk. :meth:`project` clips ``x + delta`` to the valid range. The consensus
+    penalty of CEPA's Eq. 1 needs embedded features, so :meth:`penalty` is zero and
+    :mod:`~art_backdoor_ext.defences.model.cepa` adds the penalty in its own loop.
+    """
+
+    stops_at_target = False
+
+    def __init__(self, learning_rate: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, method: str = "adam") -> None:
+        if method not in ("adam", "normalized"):
+            raise InvalidParameterError(f"method must be 'adam' or 'normalized', got {method!r}")
+        self.method = method
+        self.learning_rate = learning_rate
+        self.betas = betas
+        self.eps = eps
+        self._m: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._t: torch.Tensor | None = None
+
+    def init(self, n: int, shape: tuple[int, ...], device: torch.device) -> list[torch.Tensor]:
+        """``shape`` is (n_samples, C, H, W): one delta per sample of each of the ``n`` problems."""
+        delta = torch.zeros((n,) + tuple(shape), device=device, requires_grad=True)
+        self._m = torch.zeros_like(delta, requires_grad=False)
+        self._v = torch.zeros_like(delta, requires_grad=False)
+        self._t = torch.zeros(n, device=device)
+        return [delta]
+
+    def apply(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return x + params[0]
+
+    def sizes(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean over each problem's samples of the L1 and L2 norms of the deltas (padding rows are zero)."""
+        flat = params[0].flatten(2)
+        return flat.abs().sum(-1).mean(1), flat.norm(dim=-1).mean(1)
+
+    def penalty(self, params: list[torch.Tensor]) -> torch.Tensor:
+        return torch.zeros(params[0].shape[0], device=params[0].device)
+
+    def update(self, params: list[torch.Tensor], active: torch.Tensor, reached: torch.Tensor) -> None:
+        if self._m is None or self._v is None or self._t is None:
+            raise RuntimeError("SampleWiseShift.init was not called")
+        delta = params[0]
+        if delta.grad is None:
+            return
+        b1, b2 = self.betas
+        with torch.no_grad():
+            g = delta.grad[active]
+            if self.method == "normalized":
+                norm = g.flatten(2).norm(dim=-1).clamp_min(1e-12).view(g.shape[:2] + (1,) * (g.dim() - 2))
+                delta[active] -= self.learning_rate * g / norm
+                delta.grad = None
+                return
+            m = self._m[active].mul_(b1).add_(g, alpha=1 - b1)
+            v = self._v[active].mul_(b2).addcmul_(g, g, value=1 - b2)
+            t = self._t[active] + 1
+            shape = (-1,) + (1,) * (g.dim() - 1)
+            m_hat = m / (1 - b1 ** t).view(shape)
+            v_hat = v / (1 - b2 ** t).view(shape)
+            delta[active] -= self.learning_rate * m_hat / (v_hat.sqrt() + self.eps)
+            self._m[active], self._v[active], self._t[active] = m, v, t
+        delta.grad = None
+
+    @staticmethod
+    def project(params: list[torch.Tensor], x: torch.Tensor, value_range: tuple[float, float]) -> None:
+        """Clip so that ``x + delta`` lies in ``value_range`` (in place); ``x`` broadcasts against delta."""
+        with torch.no_grad():
+            delta = params[0]
+            delta.copy_((x + delta).clamp(*value_range) - x)
+
+    def pattern(self, params: list[torch.Tensor]) -> torch.Tensor:
+        return params[0]
+
+
 @dataclass
 class EngineResult:
     """Per-problem outcome. ``size`` is the L1 or L2 size (``norm``) of the perturbation at stopping."""
@@ -352,7 +432,7 @@ class PerturbationEngine:
         counts = valid.sum(1).clamp_min(1)
 
         active = torch.ones(p, dtype=torch.bool, device=self.device)
-        best = {"l1": torch.full((p,), float("nan"), device=self.device),
+        best: dict[str, Any] = {"l1": torch.full((p,), float("nan"), device=self.device),
                 "l2": torch.full((p,), float("nan"), device=self.device),
                 "rho": torch.zeros(p, device=self.device),
                 "it": torch.zeros(p, dtype=torch.long, device=self.device),

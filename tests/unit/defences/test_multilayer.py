@@ -1,14 +1,15 @@
 """Tests of MultiLayerActivationDefence and MultiLayerSpectralSignature (multi-layer AC / SS).
 
-A DigitsCNN is trained (seeded, a few seconds on CPU) on scikit-learn's digits with an all-to-one BadNets-style
-backdoor: 40 images of classes 1-9 get a bright 2x2 patch in the bottom-right corner and the label 0
-(23% of the target class). A second DigitsCNN is trained on the same images without poison.
+A DigitsCNN is trained (seeded, a few seconds on CPU) on scikit-learn's digits with an all-to-one
+BadNets-style backdoor: 40 images of classes 1-9 get a bright 2x2 patch in the bottom-right corner and the
+label 0 (23% of the target class). A second DigitsCNN is trained on the same images without poison.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,9 +22,9 @@ from art_backdoor_ext.defences.activation import (
     LayerDetection,
     MultiLayerActivationDefence,
     MultiLayerSpectralSignature,
+    _scoring,
     penultimate_layer,
 )
-from art_backdoor_ext.defences.activation import _scoring
 from art_backdoor_ext.exceptions import DataError, EstimatorError, InvalidParameterError
 from art_backdoor_ext.models import DigitsCNN, make_classifier
 
@@ -53,6 +54,21 @@ def _train(x: np.ndarray, y: np.ndarray, seed: int, epochs: int = 15) -> nn.Modu
                 nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
                 optimiser.step()
     return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_threaded() -> Iterator[None]:
+    """One BLAS / OpenMP / torch thread: the per-class matrices are tiny, and on a busy 2-core machine
+    multi-threaded OpenBLAS is many times slower on them. Restored after the module."""
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +104,8 @@ def ac_result(setup: dict) -> tuple:
 
 @pytest.fixture(scope="module")
 def ss_result(setup: dict) -> tuple:
-    defence = MultiLayerSpectralSignature(setup["classifier"], setup["x"], setup["y"], layers=["relu2", "relu3"])
+    defence = MultiLayerSpectralSignature(setup["classifier"], setup["x"], setup["y"],
+                                          layers=["relu2", "relu3"])
     report, is_clean = defence.detect_poison(is_clean_true=setup["is_clean_true"])
     return defence, report, is_clean
 
@@ -98,7 +115,7 @@ def test_precondition_backdoor_is_learned(setup: dict) -> None:
     assert setup["accuracy"] > 0.9
 
 
-# ------------------------------------------------------------------------------------------- detection quality
+# ----------------------------------------------------------------------------------------- detection quality
 def test_activation_clustering_finds_the_poison_on_a_conv_layer(setup: dict, ac_result: tuple) -> None:
     _, report, is_clean = ac_result
     # On this small digits model the poison separates clearly in the convolutional activations (relu2);
@@ -156,7 +173,7 @@ def test_spectral_scores_are_art_scores_of_centred_features(setup: dict) -> None
     assert not np.allclose(uncentred**2, projection**2)
 
 
-# ------------------------------------------------------------------------------------------- PyTorch hygiene
+# ----------------------------------------------------------------------------------------- PyTorch hygiene
 def test_several_layers_come_from_one_forward_pass(setup: dict) -> None:
     model = setup["classifier"].model
     calls: list[int] = []
@@ -203,7 +220,7 @@ def test_inputs_are_not_mutated(setup: dict) -> None:
     assert defence.x_train is x and defence.y_train is y
 
 
-# ------------------------------------------------------------------------------------------- interface
+# ----------------------------------------------------------------------------------------- interface
 def test_default_layer_is_the_penultimate_one(setup: dict) -> None:
     assert penultimate_layer(DigitsCNN()) == "relu3"
     defence = MultiLayerSpectralSignature(setup["classifier"], setup["x"], setup["y"])
@@ -231,10 +248,13 @@ def test_evaluate_defence_matches_arts_confusion_matrix_format(setup: dict, ac_r
     assert true_positives == report["metrics"]["tp"]
     with pytest.raises(DataError, match="is_clean"):
         defence.evaluate_defence(np.array([]))
+    with pytest.raises(DataError, match="is_clean_true must be a vector of 1347"):
+        defence.detect_poison(is_clean_true=np.ones(3))
 
 
 def test_layer_vote(setup: dict) -> None:
-    defence = MultiLayerSpectralSignature(setup["classifier"], setup["x"], setup["y"], layers=["relu2", "relu3"])
+    defence = MultiLayerSpectralSignature(setup["classifier"], setup["x"], setup["y"],
+                                          layers=["relu2", "relu3"])
     flags = {name: r.is_poison for name, r in defence.detect_poison_by_layer().items()}
     _, any_clean = defence.detect_poison(layer_vote="any")
     _, all_clean = defence.detect_poison(layer_vote="all")
@@ -283,7 +303,7 @@ def test_set_params_validates_and_keeps_previous_values(setup: dict) -> None:
         MultiLayerSpectralSignature(setup["classifier"], setup["x"], setup["y"], layers=[])
 
 
-# ------------------------------------------------------------------------------------------- pure helpers
+# ----------------------------------------------------------------------------------------- pure helpers
 def test_suspicious_cluster_rules() -> None:
     small_split = np.array([80, 20])
     assert _scoring.suspicious_clusters(small_split, 0.6) == [1]
@@ -292,6 +312,15 @@ def test_suspicious_cluster_rules() -> None:
     assert _scoring.suspicious_clusters(np.array([55, 45]), 0.0, rule="smaller") == [1]
     assert _scoring.suspicious_clusters(small_split, 0.0, rule="relative-size") == [1]
     assert _scoring.suspicious_clusters(np.array([45, 55]), 0.9, rule="silhouette") == [0]
+
+
+def test_cluster_indices_are_canonical_largest_first() -> None:
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(size=(10, 2)) + 8.0, rng.normal(size=(30, 2))])
+    for seed in range(3):
+        assignment, silhouette, _ = _scoring.cluster_class(points, random_state=seed)
+        assert assignment[:10].tolist() == [1] * 10 and assignment[10:].tolist() == [0] * 30
+        assert silhouette > 0.7
 
 
 def test_robust_outliers_and_top_fraction() -> None:

@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
-import torch
 
 from art_backdoor_ext.datasets import sample_per_class
-from art_backdoor_ext.defences.model.perturbation import Additive, PerturbationEngine, Problems, pair_problems
+from art_backdoor_ext.defences.model.perturbation import Additive, PerturbationEngine, pair_problems
 from art_backdoor_ext.exceptions import InvalidParameterError
 
 

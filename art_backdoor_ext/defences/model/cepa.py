@@ -1,0 +1,641 @@
+"""Implementation of CEPA, consensus embedded perturbation analysis (Li, Wang, Miller & Kesidis, 2024).
+
+| Paper link: ../shared/papers/cepa-universal-post-training-defense.md ("Universal post-training
+  reverse-engineering defense against backdoors in deep neural networks")
+
+For every putative (source, target) class pair, and for every target with all other classes pooled (the
+all-to-one variant), CEPA looks for *sample-wise* input perturbations ``delta_x`` that send the source samples to
+the target while inducing a *common* shift ``mu`` of an internal layer's features (Eq. 1)::
+
+    1/|D_s| sum_x [ -log p_t(x + delta_x) + lambda ||f(x + delta_x) - f(x) - mu||^2 ]
+
+minimised by alternating a gradient step on every ``delta_x`` (clipped so that ``x + delta_x`` stays in the
+valid range) with the closed-form ``mu`` (Eq. 2: the mean embedded shift). A backdoor makes the shifts of its
+pair agree (small ``sigma``) on a large ``mu`` (backdoor overfitting); the consensus statistic
+``sigma / ||mu||`` (or ``||mu||`` alone) of the backdoor pair is an outlier among all pairs. Inference is by the
+order-statistic p-value of AD (robust truncated-Gamma null) or by the MAD anomaly index of Neural Cleanse. Given
+the detected ``mu``, :meth:`CEPA.estimate_trigger` solves Eq. 3 for new samples.
+
+Batching: all problems (class pairs, pooled targets) times candidate layers are optimised together, their
+samples stacked into one forward pass per iteration with one hook per candidate layer; each problem keeps its own
+lambda, stopping state and Adam moments (:class:`~art_backdoor_ext.defences.model.perturbation.SampleWiseShift`),
+so a problem's result does not depend on which problems share its chunk. The shared
+:class:`~art_backdoor_ext.defences.model.perturbation.PerturbationEngine` loop cannot express the feature penalty
+and closed-form ``mu``, so the loop lives here; it reuses the engine's :class:`Problems`, :func:`pair_problems`,
+:func:`target_problems` and its chunking rule.
+
+Choices and deviations (see docs/cepa.md):
+
+- The variance term is divided by the mean squared norm of the clean features at its layer, so lambda is
+  dimensionless and one starting value suits every layer and model. lambda's schedule is the paper's (x1.5 after
+  5 consecutive iterations at or above ``target_misclassification``, /1.5 after 5 below). A problem stops when
+  the mean norm of its deltas has not decreased for ``stop_patience`` consecutive iterations at or above the
+  target (Section 4.1; ``stop_patience=0`` is Section 3's "stop as soon as the target is reached"), or at
+  ``max_iter``. Its statistics are those of the last iteration at which it was at or above the target.
+- ``layer_penalty="separate"`` (default) runs Eq. 1 once per candidate layer (one copy of every problem per
+  layer, all in the same forward pass); ``"joint"`` sums the normalised variance terms of all layers in one
+  optimisation (one copy, each layer with its own closed-form ``mu``), which is cheaper.
+- Several layers and both variants are several tests: the decision uses the most extreme one (Section 3.1) and
+  its p-value is Sidak-corrected for the number of tests, ``1 - (1 - p_min)^m``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from art_backdoor_ext._progress import progress
+from art_backdoor_ext._torch import (
+    batch_slices,
+    capture,
+    classifier_device,
+    eval_mode,
+    frozen,
+    layer_names,
+    preprocess,
+    resolve_layers,
+    to_tensor,
+)
+from art_backdoor_ext._validation import Instance, Interval, Options, check_images
+from art_backdoor_ext.defences.base import ModelScanner, to_builtin
+from art_backdoor_ext.defences.model.perturbation import Problems, SampleWiseShift, pair_problems, target_problems
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError
+from art_backdoor_ext.functional.cepa_math import max_statistic_pvalue, update_norm_plateau, update_penalty_weight
+from art_backdoor_ext.functional.robust import mad_anomaly_index, order_statistic_pvalue
+
+__all__ = ["CEPA", "CEPAReport", "candidate_layers"]
+
+logger = logging.getLogger(__name__)
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus)
+VARIANTS = {"pairs": ("pairs",), "all-to-one": ("all-to-one",), "both": ("pairs", "all-to-one")}
+LAMBDA_PATIENCE = 5
+LAMBDA_FACTOR = 1.5
+
+
+def candidate_layers(model: nn.Module, n: int = 3) -> list[str]:
+    """Up to ``n`` internal layers spread through the network: activation modules (ReLU, GELU, ...) evenly
+    spaced in registration order, first and last included; leaf modules but the last when there is no activation.
+    """
+    names = [name for name, module in model.named_modules() if name and isinstance(module, _ACTIVATIONS)]
+    if not names:
+        names = [name for name, module in model.named_modules() if name and not list(module.children())][:-1]
+    if not names:
+        raise InvalidParameterError("the model has no internal layer to analyse; pass layers=[<name>, ...]")
+    picks = np.unique(np.round(np.linspace(0, len(names) - 1, min(n, len(names)))).astype(int))
+    return [names[i] for i in picks]
+
+
+@dataclass
+class CEPAReport:
+    """Result of :meth:`CEPA.scan`.
+
+    :ivar detected: True when the (Sidak-corrected) p-value is below ``significance`` (``inference="p-value"``)
+        or the anomaly index exceeds ``anomaly_threshold`` (``inference="mad"``).
+    :ivar p_value: ``1 - (1 - p_min)^m`` over the m tests (variant x layer); the raw ones are in ``tests``.
+    :ivar anomaly_index: MAD anomaly index of the chosen test's most extreme statistic.
+    :ivar target: putative target class of the most extreme test.
+    :ivar source: its source class for the pair variant; None for the all-to-one variant (pooled sources).
+    :ivar variant: ``"pairs"`` or ``"all-to-one"``, the variant of the most extreme test.
+    :ivar layer: the layer of the most extreme test (the layer ``mu`` lives in).
+    :ivar mu: the common embedded perturbation of the chosen problem, shaped like the layer's output (no batch).
+    :ivar misclassification: fraction of the chosen problem's clean samples sent to the target by its deltas
+        (the ASR of the Eq. 1 perturbations on the clean set).
+    :ivar statistics: ``statistics[variant][layer]`` -> dict of arrays: ``ratio`` (sigma / ||mu||), ``mu_norm``,
+        ``sigma``, ``misclassification``, ``reached``, ``iterations``, ``delta_norm`` (mean L2 norm of the deltas),
+        ``lam`` (final lambda), ``anomaly_index``; (K, K) matrices (row source, column target, NaN diagonal) for
+        ``"pairs"``, (K,) vectors for ``"all-to-one"``.
+    :ivar tests: one dict per (variant, layer): ``p_value`` (uncorrected), ``anomaly_index``, ``source``,
+        ``target``.
+    """
+
+    detected: bool
+    p_value: float
+    anomaly_index: float
+    target: int
+    source: int | None
+    variant: str
+    layer: str
+    mu: np.ndarray
+    misclassification: float
+    statistic: str
+    layers: list[str]
+    statistics: dict[str, dict[str, dict[str, np.ndarray]]]
+    tests: list[dict[str, Any]]
+    significance: float
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_builtin({
+            "detected": self.detected, "p_value": self.p_value, "anomaly_index": self.anomaly_index,
+            "target": self.target, "source": self.source, "variant": self.variant, "layer": self.layer,
+            "mu": self.mu, "misclassification": self.misclassification, "statistic": self.statistic,
+            "layers": self.layers, "statistics": self.statistics, "tests": self.tests,
+            "significance": self.significance, "seconds": self.seconds, "settings": self.settings,
+        })
+
+
+class CEPA(ModelScanner):
+    _normalise = False
+    """
+    Implementation of CEPA, consensus embedded perturbation analysis (Li, Wang, Miller & Kesidis, 2024).
+
+    | Paper link: ../shared/papers/cepa-universal-post-training-defense.md
+
+    :param classifier: ART ``PyTorchClassifier`` with ``clip_values`` (used as it is, preprocessing applied).
+    :param layers: Internal layer name(s) f(.) of Eq. 1; None picks three spread through the network
+        (:func:`candidate_layers`). The decision uses the layer with the most extreme statistic.
+    :param target_misclassification: Fraction of a problem's samples that must go to the target (0.9).
+    :param lam: Initial lambda of Eq. 1 (dimensionless: the variance term is normalised per layer).
+    :param significance: Detected when the corrected p-value is below it.
+    :param variant: ``"both"`` (class pairs and all-to-one), ``"pairs"`` or ``"all-to-one"``.
+    :param statistic: ``"consensus"`` (sigma / ||mu||, small for a backdoor) or ``"norm"`` (||mu||, large).
+    :param inference: ``"p-value"`` (order statistic, robust Gamma null) or ``"mad"`` (anomaly index).
+    :param anomaly_threshold: Detection threshold of the MAD anomaly index (``inference="mad"``).
+    :param layer_penalty: ``"separate"`` (Eq. 1 once per layer) or ``"joint"`` (one optimisation, the layers'
+        variance terms summed).
+    :param learning_rate: Adam step on the deltas, relative to the ``clip_values`` range.
+    :param stop_patience: Stop once the mean delta norm has not decreased for this many consecutive iterations
+        at or above the target (50 in the paper; 0 stops as soon as the target is reached).
+    :param max_iter: Iteration cap per problem (also the iterations of :meth:`estimate_trigger`).
+    :param max_samples_per_target: Subsample each all-to-one problem's pooled samples (None: all).
+    :param batch_size: Images per forward pass (problems are chunked to respect it).
+    :param random_state: Seeds the subsampling of ``max_samples_per_target`` (the optimisation is deterministic).
+    :param verbose: Progress bars.
+
+    Example::
+
+        det = CEPA(classifier, random_state=0)
+        report = det.scan(x_clean, y_clean)           # (N, C, H, W) float32, e.g. 10 images per class
+        report.detected, report.target, report.layer
+        delta = det.estimate_trigger(x_test, report)   # Eq. 3: x_test + delta goes to report.target
+    """
+
+    _parameter_constraints: dict[str, list[Any]] = {
+        "layers": [Instance((str, list, tuple), "a layer name or a list of layer names"), None],
+        "target_misclassification": [Interval(float, 0, 1, closed="right")],
+        "lam": [Interval(float, 0, None, closed="neither")],
+        "significance": [Interval(float, 0, 1, closed="neither")],
+        "variant": [Options(tuple(VARIANTS))],
+        "statistic": [Options(("consensus", "norm"))],
+        "inference": [Options(("p-value", "mad"))],
+        "anomaly_threshold": [Interval(float, 0, None, closed="neither")],
+        "layer_penalty": [Options(("separate", "joint"))],
+        "learning_rate": [Interval(float, 0, None, closed="neither")],
+        "optimizer": [Options(("adam", "normalized"))],
+        "stop_patience": [Interval(int, 0, None)],
+        "max_iter": [Interval(int, 1, None)],
+        "max_samples_per_target": [Interval(int, 2, None), None],
+        "batch_size": [Interval(int, 1, None)],
+        "random_state": [Interval(int, 0, None), None],
+        "verbose": [Instance(bool)],
+    }
+    min_classes = 3
+
+    def __init__(
+        self,
+        classifier: Any,
+        *,
+        layers: str | Sequence[str] | None = None,
+        target_misclassification: float = 0.9,
+        lam: float = 0.01,
+        significance: float = 0.05,
+        variant: str = "both",
+        statistic: str = "consensus",
+        inference: str = "p-value",
+        anomaly_threshold: float = 2.0,
+        layer_penalty: str = "separate",
+        learning_rate: float = 0.01,
+        optimizer: str = "normalized",
+        stop_patience: int = 50,
+        max_iter: int = 300,
+        max_samples_per_target: int | None = None,
+        batch_size: int = 8192,
+        random_state: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(classifier)
+        self.layers = layers
+        self.target_misclassification = target_misclassification
+        self.lam = lam
+        self.significance = significance
+        self.variant = variant
+        self.statistic = statistic
+        self.inference = inference
+        self.anomaly_threshold = anomaly_threshold
+        self.layer_penalty = layer_penalty
+        self.learning_rate = learning_rate
+        self.optimizer = optimizer
+        self.stop_patience = stop_patience
+        self.max_iter = max_iter
+        self.max_samples_per_target = max_samples_per_target
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+        self._check_params()
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.classifier.clip_values is None:
+            raise InvalidParameterError("CEPA needs a classifier with clip_values (the valid input range)")
+        self._resolved_layers()
+
+    def _resolved_layers(self) -> list[str]:
+        if self.layers is None:
+            return candidate_layers(self.classifier.model)
+        names = [self.layers] if isinstance(self.layers, str) else list(self.layers)
+        if not names:
+            raise InvalidParameterError(f"layers must name at least one layer (or be None); the model's layers "
+                                        f"are: {', '.join(layer_names(self.classifier.model))}")
+        if len(set(names)) != len(names):
+            raise InvalidParameterError(f"layers has duplicates: {names}")
+        resolve_layers(self.classifier.model, names)
+        return names
+
+    @property
+    def _value_range(self) -> tuple[float, float]:
+        low, high = (float(v) for v in self.classifier.clip_values)
+        return low, high
+
+    def _parametrisation(self, x_t: torch.Tensor) -> SampleWiseShift:
+        low, high = self._value_range
+        if self.optimizer == "adam":
+            return SampleWiseShift(self.learning_rate * (high - low), method="adam")
+        scale = float(np.sqrt(np.prod(x_t.shape[1:]))) * (high - low)
+        return SampleWiseShift(self.learning_rate * scale, method="normalized")
+
+    # ------------------------------------------------------------------------------------------------ scan
+    def _scan(self, x: np.ndarray, y: np.ndarray) -> CEPAReport:
+        start = time.perf_counter()
+        k = int(self.classifier.nb_classes)
+        layers = self._resolved_layers()
+        results = self.optimise(x, y, layers)
+        statistics: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+        tests: list[dict[str, Any]] = []
+        for kind, (problems, per_layer) in results.items():
+            statistics[kind] = {}
+            for layer in layers:
+                stats = per_layer[layer]
+                test = self._test(kind, layer, problems, stats, k)
+                arranged = {name: _arrange(problems, values, k, kind) for name, values in stats.items()
+                            if name != "mu"}
+                arranged["anomaly_index"] = _arrange(problems, test.pop("anomaly_indices"), k, kind)
+                statistics[kind][layer] = arranged
+                tests.append(test)
+        m = len(tests)
+        if self.inference == "p-value":
+            best = min(range(m), key=lambda i: (tests[i]["p_value"], -_finite(tests[i]["anomaly_index"])))
+        else:
+            best = max(range(m), key=lambda i: (_finite(tests[i]["anomaly_index"]), -tests[i]["p_value"]))
+        chosen = tests[best]
+        p_value = float(-np.expm1(m * np.log1p(-min(chosen["p_value"], 1.0)))) if chosen["p_value"] < 1 else 1.0
+        detected = (p_value < self.significance if self.inference == "p-value"
+                    else chosen["anomaly_index"] > self.anomaly_threshold)
+        problems, per_layer = results[chosen["variant"]]
+        row = chosen.pop("problem")
+        for t in tests:
+            t.pop("problem", None)
+        shape = self._output_shape(chosen["layer"])
+        report = CEPAReport(
+            detected=bool(detected),
+            p_value=float(np.clip(p_value, 0.0, 1.0)),
+            anomaly_index=float(chosen["anomaly_index"]),
+            target=int(chosen["target"]),
+            source=chosen["source"],
+            variant=chosen["variant"],
+            layer=chosen["layer"],
+            mu=per_layer[chosen["layer"]]["mu"][row].reshape(shape),
+            misclassification=float(per_layer[chosen["layer"]]["misclassification"][row]),
+            statistic=self.statistic,
+            layers=layers,
+            statistics=statistics,
+            tests=tests,
+            significance=self.significance,
+            seconds=time.perf_counter() - start,
+            settings={**{k_: v for k_, v in self.get_params().items() if k_ != "verbose"},
+                      "resolved_layers": layers},
+        )
+        logger.info("CEPA: p=%.3g %s target %d (source %s) at %s in %.1fs", report.p_value, report.variant,
+                    report.target, report.source, report.layer, report.seconds)
+        return report
+
+    def _evidence(self, stats: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, str]:
+        """(evidence: large = backdoor, for the p-value; raw statistic and MAD side)."""
+        if self.statistic == "norm":
+            return stats["mu_norm"].astype(float), stats["mu_norm"].astype(float), "high"
+        with np.errstate(divide="ignore", invalid="ignore"):
+            evidence = stats["mu_norm"] / stats["sigma"]
+        return evidence, stats["ratio"].astype(float), "low"
+
+    def _test(self, kind: str, layer: str, problems: Problems, stats: Mapping[str, np.ndarray],
+              k: int) -> dict[str, Any]:
+        evidence, raw, side = self._evidence(stats)
+        positive = evidence[np.isfinite(evidence) & (evidence > 0)]
+        floor = 0.5 * float(positive.min()) if positive.size else 1.0
+        evidence = np.where(np.isnan(evidence) | (evidence <= 0), floor, evidence)
+        finite_raw = np.isfinite(raw)
+        ai = np.full(len(raw), np.nan)
+        if finite_raw.sum() >= 3:
+            ai[finite_raw] = mad_anomaly_index(raw[finite_raw], side=side)
+        try:
+            if kind == "pairs":
+                matrix = np.full((k, k), np.nan)
+                matrix[problems.sources, problems.targets] = evidence
+                ost = order_statistic_pvalue(matrix)
+                p_value, source, target = float(ost.p_value), int(ost.source), int(ost.target)
+                row = int(np.flatnonzero((problems.sources == source) & (problems.targets == target))[0])
+            else:
+                p_value, row = max_statistic_pvalue(evidence)
+                source, target = None, int(problems.targets[row])
+        except DataError as err:
+            logger.debug("no p-value for %s at %s: %s", kind, layer, err)
+            row = int(np.argmax(evidence))
+            p_value, target = 1.0, int(problems.targets[row])
+            source = int(problems.sources[row]) if kind == "pairs" else None
+        return {"variant": kind, "layer": layer, "p_value": p_value, "anomaly_index": float(ai[row]),
+                "source": source, "target": target, "problem": row, "anomaly_indices": ai}
+
+    # ------------------------------------------------------------------------------------------ optimisation
+    def optimise(self, x: np.ndarray, y: np.ndarray, layers: Sequence[str] | None = None,
+                 variants: Sequence[str] | None = None, problems: Mapping[str, Problems] | None = None,
+                 ) -> dict[str, tuple[Problems, dict[str, dict[str, np.ndarray]]]]:
+        """Minimise Eq. 1 for every problem; public so benchmarks can time batched against one problem at a time.
+
+        :param x: Validated clean images (N, C, H, W) float32.
+        :param y: Their labels (N,).
+        :param layers: Layer names (default: the resolved ``layers``).
+        :param variants: Subset of ``("pairs", "all-to-one")`` (default: from ``variant``).
+        :param problems: Explicit problems per variant (default: all pairs / all targets).
+        :return: ``{variant: (problems, {layer: {"mu": (P, D), "sigma", "mu_norm", "ratio", "misclassification",
+            "reached", "iterations", "delta_norm", "lam": (P,)}})}``.
+        """
+        layers = list(self._resolved_layers() if layers is None else layers)
+        k = int(self.classifier.nb_classes)
+        kinds = VARIANTS[self.variant] if variants is None else tuple(variants)
+        model = self.classifier.model
+        device = classifier_device(self.classifier)
+        x_t = to_tensor(x, device)
+        out: dict[str, tuple[Problems, dict[str, dict[str, np.ndarray]]]] = {}
+        with eval_mode(model), frozen(model):
+            f0, scale2 = self._clean_features(x_t, layers)
+            groups = [[layer] for layer in layers] if self.layer_penalty == "separate" else [layers]
+            for kind in kinds:
+                if problems is not None and kind in problems:
+                    probs = problems[kind]
+                elif kind == "pairs":
+                    probs = pair_problems(y, k)
+                else:
+                    probs = target_problems(y, k, max_samples=self.max_samples_per_target,
+                                            random_state=self.random_state)
+                out[kind] = (probs, self._run(x_t, f0, scale2, probs, groups, layers))
+        return out
+
+    def _clean_features(self, x_t: torch.Tensor, layers: Sequence[str]
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        model = self.classifier.model
+        parts: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+        with torch.no_grad(), capture(model, layers, flatten=True) as feats:
+            for sl in batch_slices(len(x_t), self.batch_size):
+                model(preprocess(self.classifier, x_t[sl]))
+                for layer in layers:
+                    parts[layer].append(feats[layer].detach().clone())
+        f0 = {layer: torch.cat(parts[layer]) for layer in layers}
+        scale2 = {layer: max(float(f0[layer].pow(2).sum(1).mean()), 1e-12) for layer in layers}
+        return f0, scale2
+
+    def _output_shape(self, layer: str) -> tuple[int, ...]:
+        model = self.classifier.model
+        x0 = torch.full((1,) + tuple(self.classifier.input_shape), self._value_range[0],
+                        device=classifier_device(self.classifier))
+        with eval_mode(model), torch.no_grad(), capture(model, [layer]) as raw:
+            model(preprocess(self.classifier, x0))
+            return tuple(raw[layer].shape[1:])
+
+    def _run(self, x_t: torch.Tensor, f0: dict[str, torch.Tensor], scale2: dict[str, float], problems: Problems,
+             groups: list[list[str]], layers: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """Optimise every (problem, layer group) copy, in chunks of at most ``batch_size`` images."""
+        n_max = problems.indices.shape[1]
+        copies = [(p, g) for p in range(len(problems)) for g in range(len(groups))]
+        per_chunk = max(1, self.batch_size // max(1, n_max))
+        chunks = [copies[i:i + per_chunk] for i in range(0, len(copies), per_chunk)]
+        parts = [self._run_chunk(x_t, f0, scale2, problems, groups, chunk)
+                 for chunk in progress(chunks, verbose=self.verbose, desc="CEPA chunks")]
+        p = len(problems)
+        result: dict[str, dict[str, np.ndarray]] = {}
+        for layer in layers:
+            g_of = [g for g, members in enumerate(groups) if layer in members][0]
+            entry: dict[str, np.ndarray] = {}
+            for part, chunk in zip(parts, chunks):
+                for pos, (prob, g) in enumerate(chunk):
+                    if g != g_of:
+                        continue
+                    for name, values in part["per_copy"].items():
+                        entry.setdefault(name, np.full(p, np.nan))[prob] = values[pos]
+                    for name, by_layer in part["per_layer"].items():
+                        if name == "mu" and name not in entry:
+                            entry["mu"] = np.zeros((p, by_layer[layer].shape[1]), dtype=np.float32)
+                        elif name not in entry:
+                            entry[name] = np.full(p, np.nan)
+                        entry[name][prob] = by_layer[layer][pos]
+            entry["reached"] = entry["reached"].astype(bool)
+            entry["iterations"] = entry["iterations"].astype(int)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                entry["ratio"] = np.where(entry["mu_norm"] > 0, entry["sigma"] / entry["mu_norm"], np.inf)
+            result[layer] = entry
+        return result
+
+    def _run_chunk(self, x_t: torch.Tensor, f0: dict[str, torch.Tensor], scale2: dict[str, float],
+                   problems: Problems, groups: list[list[str]], chunk: list[tuple[int, int]]) -> dict[str, Any]:
+        device = x_t.device
+        model = self.classifier.model
+        low, high = self._value_range
+        a = len(chunk)
+        prob_rows = np.array([p for p, _ in chunk])
+        idx = torch.as_tensor(problems.indices[prob_rows], device=device)
+        valid = idx >= 0
+        counts = valid.sum(1).clamp_min(1)
+        validf = valid.float()
+        x_groups = x_t[idx.clamp_min(0)]  # (A, n, C, H, W)
+        targets = torch.as_tensor(problems.targets[prob_rows], device=device)
+        chunk_layers = sorted({layer for _, g in chunk for layer in groups[g]}, key=list(f0).index)
+        # per layer: the copies of the chunk that penalise it, and their clean features (rows, n, D)
+        rows = {layer: torch.as_tensor([i for i, (_, g) in enumerate(chunk) if layer in groups[g]], device=device,
+                                       dtype=torch.long) for layer in chunk_layers}
+        f0g = {layer: f0[layer][idx[rows[layer]].clamp_min(0)] for layer in chunk_layers}
+
+        param = self._parametrisation(x_t)
+        params = param.init(a, tuple(x_groups.shape[1:]), device)
+        lam = np.full(a, float(self.lam))
+        above, below = np.zeros(a, dtype=np.int64), np.zeros(a, dtype=np.int64)
+        best, stall = np.full(a, np.inf), np.zeros(a, dtype=np.int64)
+        active = np.ones(a, dtype=bool)
+        ever = np.zeros(a, dtype=bool)
+        snap: dict[str, np.ndarray] = {"misclassification": np.zeros(a), "iterations": np.zeros(a),
+                                       "delta_norm": np.zeros(a), "lam": np.zeros(a), "reached": np.zeros(a)}
+        snap_layer: dict[str, dict[str, torch.Tensor]] = {
+            "mu": {layer: torch.zeros((a, f0[layer].shape[1]), device=device) for layer in chunk_layers},
+            "sigma": {layer: torch.full((a,), float("nan"), device=device) for layer in chunk_layers},
+            "mu_norm": {layer: torch.full((a,), float("nan"), device=device) for layer in chunk_layers},
+        }
+        for it in range(self.max_iter + 1):
+            act = np.flatnonzero(active)
+            if len(act) == 0:
+                break
+            act_t = torch.as_tensor(act, device=device)
+            delta = params[0][act_t]
+            perturbed = (x_groups[act_t] + delta).clamp(low, high)
+            with capture(model, chunk_layers, flatten=True) as feats:
+                logits = model(preprocess(self.classifier, perturbed.flatten(0, 1)))
+            logits = logits.view(len(act), x_groups.shape[1], -1)
+            v_act, c_act = validf[act_t], counts[act_t]
+            log_p = torch.log_softmax(logits, -1)
+            nll = -log_p.gather(-1, targets[act_t].view(-1, 1, 1).expand(-1, logits.shape[1], 1))[..., 0]
+            ce = (nll * v_act).sum(1) / c_act
+            hit = (logits.argmax(-1) == targets[act_t, None]) & valid[act_t]
+            rate = (hit.sum(1) / c_act).detach()
+            dnorm = ((delta.detach().flatten(2).norm(dim=-1) * v_act).sum(1) / c_act)
+            penalty = torch.zeros(len(act), device=device)
+            pos_of = torch.full((a,), -1, dtype=torch.long, device=device)
+            pos_of[act_t] = torch.arange(len(act), device=device)
+            stats_now: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+            for layer in chunk_layers:
+                pos = pos_of[rows[layer]]
+                keep = pos >= 0
+                if not bool(keep.any()):
+                    continue
+                sel_rows, sel_pos = rows[layer][keep], pos[keep]
+                feat = feats[layer].view(len(act), x_groups.shape[1], -1)[sel_pos]
+                shift = feat - f0g[layer][keep]
+                w = validf[sel_rows]
+                cnt = counts[sel_rows].view(-1, 1)
+                mu = ((shift * w[..., None]).sum(1) / cnt).detach()  # Eq. 2, closed form for the current deltas
+                sq = (shift - mu[:, None]).pow(2).sum(-1)
+                var = (sq * w).sum(1) / cnt[:, 0]
+                penalty = penalty.index_add(0, sel_pos, var / (scale2[layer] if self._normalise else 1.0))
+                stats_now[layer] = (sel_rows, mu, var.detach().sqrt(), mu.norm(dim=1))
+
+            rate_np = rate.cpu().numpy()
+            reached = rate_np >= self.target_misclassification
+            ever[act] |= reached
+            record = reached | ~ever[act]
+            rec_t = torch.as_tensor(act[record], device=device)
+            if record.any():
+                snap["misclassification"][act[record]] = rate_np[record]
+                snap["iterations"][act[record]] = it
+                snap["delta_norm"][act[record]] = dnorm.cpu().numpy()[record]
+                snap["lam"][act[record]] = lam[act[record]]
+                snap["reached"][act[record]] = reached[record]
+                rec_mask = torch.zeros(a, dtype=torch.bool, device=device)
+                rec_mask[rec_t] = True
+                for layer, (sel_rows, mu, sigma, mu_norm) in stats_now.items():
+                    take = rec_mask[sel_rows]
+                    snap_layer["mu"][layer][sel_rows[take]] = mu[take]
+                    snap_layer["sigma"][layer][sel_rows[take]] = sigma[take]
+                    snap_layer["mu_norm"][layer][sel_rows[take]] = mu_norm[take]
+
+            if getattr(self, "_trace", None) is not None:  # DEBUG
+                st = stats_now[chunk_layers[-1]]
+                self._trace.append((it, act.copy(), rate_np.copy(), lam[act].copy(), dnorm.cpu().numpy(),
+                                    (st[2] / st[3]).cpu().numpy(), st[0].cpu().numpy()))
+            new_best, new_stall, stop = update_norm_plateau(best[act], stall[act], dnorm.cpu().numpy(), reached,
+                                                            patience=self.stop_patience)
+            best[act], stall[act] = new_best, new_stall
+            if it == self.max_iter:
+                stop[:] = True
+            go = ~stop
+            if go.any():
+                lam_t = torch.as_tensor(lam[act], dtype=ce.dtype, device=device)
+                loss = ((ce + lam_t * penalty) * torch.as_tensor(go, device=device)).sum()
+                loss.backward()
+                move = torch.zeros(a, dtype=torch.bool, device=device)
+                move[torch.as_tensor(act[go], device=device)] = True
+                param.update(params, move, torch.zeros_like(move))
+                param.project(params, x_groups, (low, high))
+            new_lam, new_above, new_below = update_penalty_weight(lam[act], above[act], below[act], reached,
+                                                                   patience=LAMBDA_PATIENCE, factor=LAMBDA_FACTOR)
+            lam[act], above[act], below[act] = new_lam, new_above, new_below
+            active[act[stop]] = False
+        return {
+            "per_copy": snap,
+            "per_layer": {name: {layer: t.cpu().numpy() for layer, t in by_layer.items()}
+                          for name, by_layer in snap_layer.items()},
+        }
+
+    # ---------------------------------------------------------------------------------------- trigger (Eq. 3)
+    def estimate_trigger(self, x: np.ndarray, report: CEPAReport | Mapping[str, Any], *, v: float = 0.0,
+                         max_iter: int | None = None) -> np.ndarray:
+        """Eq. 3: per-sample input perturbations that reproduce the detected embedded shift ``mu``.
+
+        ``delta_x = argmin ||f(x + delta) - (f(x) + mu)||^2 + v ||delta||^2`` at ``report.layer``, by Adam from
+        zero with ``x + delta`` clipped to ``clip_values`` (the paper uses ``v = 0``).
+
+        :param x: Images (N, C, H, W) float32 in ``clip_values``.
+        :param report: A :class:`CEPAReport` or its ``to_dict()`` (e.g. read back from JSON).
+        :param v: Weight of the squared L2 norm of delta.
+        :param max_iter: Gradient steps (default: ``self.max_iter``).
+        :return: ``delta`` (N, C, H, W) float32; ``x + delta`` stays in ``clip_values``.
+        """
+        x = check_images(x, name="x", input_shape=self.classifier.input_shape, clip_values=self.classifier.clip_values)
+        if isinstance(report, Mapping):
+            layer, mu_np = report.get("layer"), report.get("mu")
+        else:
+            layer, mu_np = getattr(report, "layer", None), getattr(report, "mu", None)
+        if not isinstance(layer, str) or mu_np is None:
+            raise DataError("report must be a CEPAReport (or its to_dict()) with 'layer' and 'mu'")
+        if not (isinstance(v, (int, float)) and v >= 0):
+            raise InvalidParameterError(f"v must be a number >= 0, got {v!r}")
+        iters = self.max_iter if max_iter is None else max_iter
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+            raise InvalidParameterError(f"max_iter must be an int >= 1, got {iters!r}")
+        resolve_layers(self.classifier.model, [layer])
+        model = self.classifier.model
+        device = classifier_device(self.classifier)
+        mu = torch.as_tensor(np.asarray(mu_np, dtype=np.float32), device=device).flatten()
+        low, high = self._value_range
+        out = []
+        with eval_mode(model), frozen(model):
+            for sl in batch_slices(len(x), self.batch_size):
+                xb = to_tensor(x[sl], device)
+                with torch.no_grad(), capture(model, [layer], flatten=True) as feats:
+                    model(preprocess(self.classifier, xb))
+                    goal = feats[layer] + mu if feats[layer].shape[1] == mu.numel() else None
+                if goal is None:
+                    raise DataError(f"report.mu has {mu.numel()} values but layer {layer!r} outputs "
+                                    f"{feats[layer].shape[1]} per sample; was the report made on this model?")
+                param = self._parametrisation(xb)
+                params = param.init(1, tuple(xb.shape), device)
+                everything = torch.ones(1, dtype=torch.bool, device=device)
+                for _ in range(iters):
+                    with capture(model, [layer], flatten=True) as feats:
+                        model(preprocess(self.classifier, (xb + params[0][0]).clamp(low, high)))
+                    loss = (feats[layer] - goal).pow(2).sum() + v * params[0].pow(2).sum()
+                    loss.backward()
+                    param.update(params, everything, everything)
+                    param.project(params, xb, (low, high))
+                out.append(params[0][0].detach().cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+
+def _finite(value: float) -> float:
+    """NaN sorts below every number."""
+    return -np.inf if np.isnan(value) else float(value)
+
+
+def _arrange(problems: Problems, values: np.ndarray, k: int, kind: str) -> np.ndarray:
+    """(P,) values -> (K, K) matrix (row source, column target) for pairs, (K,) by target for all-to-one."""
+    values = np.asarray(values, dtype=float)
+    if kind == "pairs":
+        out = np.full((k, k), np.nan)
+        out[problems.sources, problems.targets] = values
+        return out
+    out = np.full(k, np.nan)
+    out[problems.targets] = values
+    return out

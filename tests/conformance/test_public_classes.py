@@ -1,0 +1,92 @@
+"""One battery over every public class: repr, params round trip, unknown params, determinism, no input
+mutation, hooks removed and model mode restored."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from art_backdoor_ext.datasets import sample_per_class
+from art_backdoor_ext.defences import (
+    MultiLayerActivationDefence,
+    MultiLayerSpectralSignature,
+    OrderStatisticDetector,
+    PyTorchNeuralCleanse,
+)
+from art_backdoor_ext.exceptions import InvalidParameterError
+
+
+def _scanner(cls, **kw):
+    def build(clf, x, y):
+        return cls(clf, **kw)
+
+    def run(obj, x, y):
+        return obj.scan(x, y).to_dict()
+
+    return build, run
+
+
+def _filter(cls, **kw):
+    def build(clf, x, y):
+        return cls(clf, x, y, **kw)
+
+    def run(obj, x, y):
+        report, is_clean = obj.detect_poison()
+        return {"report": report, "is_clean": list(is_clean)}
+
+    return build, run
+
+
+CASES = {
+    "OrderStatisticDetector": _scanner(OrderStatisticDetector, max_iter=40, step_size=0.02, random_state=0),
+    "PyTorchNeuralCleanse": _scanner(PyTorchNeuralCleanse, max_iter=30, random_state=0),
+    "MultiLayerActivationDefence": _filter(MultiLayerActivationDefence, layers=["relu2", "relu3"], random_state=0),
+    "MultiLayerSpectralSignature": _filter(MultiLayerSpectralSignature, layers=["relu3"]),
+}
+
+
+@pytest.fixture(scope="module")
+def small_set(badnets_victim):
+    data = badnets_victim.data
+    return sample_per_class(data.x, data.y, 6, random_state=0)
+
+
+def _hook_count(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_conformance(name, badnets_victim, small_set):
+    build, run = CASES[name]
+    clf = badnets_victim.classifier
+    x, y = small_set
+    x_before, y_before = x.copy(), y.copy()
+    obj = build(clf, x, y)
+
+    assert type(obj).__name__ in repr(obj)
+    params = obj.get_params()
+    obj.set_params(**{k: v for k, v in params.items() if k != "classifier"})
+    assert obj.get_params() == params
+    with pytest.raises(InvalidParameterError, match="unknown parameter"):
+        obj.set_params(no_such_parameter=1)
+
+    model = clf.model
+    model.train()
+    hooks = _hook_count(model)
+    grads = [p.requires_grad for p in model.parameters()]
+    first = run(obj, x, y)
+    assert model.training, "model mode not restored"
+    assert _hook_count(model) == hooks, "hooks left on the model"
+    assert [p.requires_grad for p in model.parameters()] == grads
+    model.eval()
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(y, y_before)
+
+    second = run(build(clf, x, y), x, y)
+    first.pop("seconds", None), second.pop("seconds", None)
+    if "report" in first:
+        first["report"].pop("seconds", None), second["report"].pop("seconds", None)
+    json.dumps(first)
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True), "not deterministic"
