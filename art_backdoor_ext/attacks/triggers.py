@@ -274,12 +274,14 @@ def blend_trigger(pattern: np.ndarray | None = None, *, alpha: float = 0.2,
         if fixed is None:
             if shape not in trigger._cache:
                 trigger._cache[shape] = _shape_rng(seed, shape).uniform(clip[0], clip[1], size=shape)
-            trigger.pattern = trigger._cache[shape]
+            pattern = trigger._cache[shape]
+            trigger.pattern = pattern
         else:
             _check_channels(fixed, shape[0])
             if fixed.shape[1:] != shape[1:]:
                 raise DataError(f"pattern has spatial shape {fixed.shape[1:]} but the images {shape[1:]}")
-        return (1.0 - alpha) * x + alpha * trigger.pattern
+            pattern = fixed
+        return (1.0 - alpha) * x + alpha * pattern
 
     params = {"alpha": alpha, "random_pattern": fixed is None, "random_state": _state_param(random_state)}
     return Trigger("blend", apply, params, clip, channels_first, pattern=fixed)

@@ -2,6 +2,7 @@
 
 - Model scanners (``scan(x_clean, y_clean) -> report``): :class:`OrderStatisticDetector` (AD),
   :class:`PyTorchNeuralCleanse`.
+- Sample-level detectors (ART ``EvasionDetector``): :class:`MBDS` (+ the ``MBDSPoisonFilter`` adapter).
 - Poison filters (ART ``PoisonFilteringDefence``): :class:`MultiLayerActivationDefence`,
   :class:`MultiLayerSpectralSignature`.
 """
@@ -12,6 +13,7 @@ from art_backdoor_ext.defences.activation import MultiLayerActivationDefence, Mu
 from art_backdoor_ext.defences.base import ModelScanner
 from art_backdoor_ext.defences.model.neural_cleanse import PyTorchNeuralCleanse
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
+from art_backdoor_ext.defences.sample import MBDS, MBDSPoisonFilter
 
 __all__ = [
     "ModelScanner",
@@ -19,4 +21,6 @@ __all__ = [
     "PyTorchNeuralCleanse",
     "MultiLayerActivationDefence",
     "MultiLayerSpectralSignature",
+    "MBDS",
+    "MBDSPoisonFilter",
 ]

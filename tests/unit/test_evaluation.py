@@ -71,3 +71,17 @@ def test_cli_lists_registry(capsys):
 def test_cli_reports_library_errors(capsys):
     assert cli.main(["evaluate", "--defences", "magic"]) == 2
     assert "unknown defence" in capsys.readouterr().err
+
+
+def test_model_scanner_and_sample_detector_rows(badnets_victim, digits):
+    """AD and MBDS run through the registry and produce rows of their kind."""
+    _ensure_registered()
+    from art_backdoor_ext.evaluation import _row as make_row
+
+    ctx = EvaluationContext(badnets_victim, digits.x_test, digits.y_test, digits.x_test, digits.y_test, [], 0)
+    ad = DEFENCES["ad"]
+    (outcome,) = ad.run(ctx)
+    row = make_row("badnets", 0, ad, outcome, badnets_victim, 0.0)
+    assert row.kind == "model-scanner" and isinstance(row.detected, bool) and row.f1 is None
+    assert 0 <= outcome.extra["p_value"] <= 1
+    assert "mbds" in DEFENCES and DEFENCES["mbds"].kind == "sample-detector"

@@ -144,7 +144,6 @@ class CEPAReport:
 
 
 class CEPA(ModelScanner):
-    _normalise = False
     """
     Implementation of CEPA, consensus embedded perturbation analysis (Li, Wang, Miller & Kesidis, 2024).
 
@@ -190,7 +189,6 @@ class CEPA(ModelScanner):
         "anomaly_threshold": [Interval(float, 0, None, closed="neither")],
         "layer_penalty": [Options(("separate", "joint"))],
         "learning_rate": [Interval(float, 0, None, closed="neither")],
-        "optimizer": [Options(("adam", "normalized"))],
         "stop_patience": [Interval(int, 0, None)],
         "max_iter": [Interval(int, 1, None)],
         "max_samples_per_target": [Interval(int, 2, None), None],
@@ -213,12 +211,11 @@ class CEPA(ModelScanner):
         inference: str = "p-value",
         anomaly_threshold: float = 2.0,
         layer_penalty: str = "separate",
-        learning_rate: float = 0.01,
-        optimizer: str = "normalized",
+        learning_rate: float = 0.05,
         stop_patience: int = 50,
         max_iter: int = 300,
         max_samples_per_target: int | None = None,
-        batch_size: int = 8192,
+        batch_size: int = 4096,
         random_state: int | None = None,
         verbose: bool = False,
     ) -> None:
@@ -233,7 +230,6 @@ class CEPA(ModelScanner):
         self.anomaly_threshold = anomaly_threshold
         self.layer_penalty = layer_penalty
         self.learning_rate = learning_rate
-        self.optimizer = optimizer
         self.stop_patience = stop_patience
         self.max_iter = max_iter
         self.max_samples_per_target = max_samples_per_target
@@ -265,12 +261,9 @@ class CEPA(ModelScanner):
         low, high = (float(v) for v in self.classifier.clip_values)
         return low, high
 
-    def _parametrisation(self, x_t: torch.Tensor) -> SampleWiseShift:
+    def _parametrisation(self) -> SampleWiseShift:
         low, high = self._value_range
-        if self.optimizer == "adam":
-            return SampleWiseShift(self.learning_rate * (high - low), method="adam")
-        scale = float(np.sqrt(np.prod(x_t.shape[1:]))) * (high - low)
-        return SampleWiseShift(self.learning_rate * scale, method="normalized")
+        return SampleWiseShift(self.learning_rate * (high - low))
 
     # ------------------------------------------------------------------------------------------------ scan
     def _scan(self, x: np.ndarray, y: np.ndarray) -> CEPAReport:
@@ -286,7 +279,7 @@ class CEPA(ModelScanner):
                 stats = per_layer[layer]
                 test = self._test(kind, layer, problems, stats, k)
                 arranged = {name: _arrange(problems, values, k, kind) for name, values in stats.items()
-                            if name != "mu"}
+                            if name not in ("mu", "deltas")}
                 arranged["anomaly_index"] = _arrange(problems, test.pop("anomaly_indices"), k, kind)
                 statistics[kind][layer] = arranged
                 tests.append(test)
@@ -385,7 +378,7 @@ class CEPA(ModelScanner):
         x_t = to_tensor(x, device)
         out: dict[str, tuple[Problems, dict[str, dict[str, np.ndarray]]]] = {}
         with eval_mode(model), frozen(model):
-            f0, scale2 = self._clean_features(x_t, layers)
+            f0 = self._clean_features(x_t, layers)
             groups = [[layer] for layer in layers] if self.layer_penalty == "separate" else [layers]
             for kind in kinds:
                 if problems is not None and kind in problems:
@@ -395,11 +388,11 @@ class CEPA(ModelScanner):
                 else:
                     probs = target_problems(y, k, max_samples=self.max_samples_per_target,
                                             random_state=self.random_state)
-                out[kind] = (probs, self._run(x_t, f0, scale2, probs, groups, layers))
+                out[kind] = (probs, self._run(x_t, f0, probs, groups, layers))
         return out
 
-    def _clean_features(self, x_t: torch.Tensor, layers: Sequence[str]
-                        ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def _clean_features(self, x_t: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Flattened clean features f(x) (N, D) of every layer, one forward pass per batch."""
         model = self.classifier.model
         parts: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
         with torch.no_grad(), capture(model, layers, flatten=True) as feats:
@@ -407,9 +400,7 @@ class CEPA(ModelScanner):
                 model(preprocess(self.classifier, x_t[sl]))
                 for layer in layers:
                     parts[layer].append(feats[layer].detach().clone())
-        f0 = {layer: torch.cat(parts[layer]) for layer in layers}
-        scale2 = {layer: max(float(f0[layer].pow(2).sum(1).mean()), 1e-12) for layer in layers}
-        return f0, scale2
+        return {layer: torch.cat(parts[layer]) for layer in layers}
 
     def _output_shape(self, layer: str) -> tuple[int, ...]:
         model = self.classifier.model
@@ -419,32 +410,25 @@ class CEPA(ModelScanner):
             model(preprocess(self.classifier, x0))
             return tuple(raw[layer].shape[1:])
 
-    def _run(self, x_t: torch.Tensor, f0: dict[str, torch.Tensor], scale2: dict[str, float], problems: Problems,
+    def _run(self, x_t: torch.Tensor, f0: dict[str, torch.Tensor], problems: Problems,
              groups: list[list[str]], layers: list[str]) -> dict[str, dict[str, np.ndarray]]:
         """Optimise every (problem, layer group) copy, in chunks of at most ``batch_size`` images."""
         n_max = problems.indices.shape[1]
         copies = [(p, g) for p in range(len(problems)) for g in range(len(groups))]
         per_chunk = max(1, self.batch_size // max(1, n_max))
         chunks = [copies[i:i + per_chunk] for i in range(0, len(copies), per_chunk)]
-        parts = [self._run_chunk(x_t, f0, scale2, problems, groups, chunk)
+        parts = [self._run_chunk(x_t, f0, problems, groups, chunk)
                  for chunk in progress(chunks, verbose=self.verbose, desc="CEPA chunks")]
-        p = len(problems)
         result: dict[str, dict[str, np.ndarray]] = {}
         for layer in layers:
-            g_of = [g for g, members in enumerate(groups) if layer in members][0]
-            entry: dict[str, np.ndarray] = {}
-            for part, chunk in zip(parts, chunks):
-                for pos, (prob, g) in enumerate(chunk):
-                    if g != g_of:
-                        continue
-                    for name, values in part["per_copy"].items():
-                        entry.setdefault(name, np.full(p, np.nan))[prob] = values[pos]
-                    for name, by_layer in part["per_layer"].items():
-                        if name == "mu" and name not in entry:
-                            entry["mu"] = np.zeros((p, by_layer[layer].shape[1]), dtype=np.float32)
-                        elif name not in entry:
-                            entry[name] = np.full(p, np.nan)
-                        entry[name][prob] = by_layer[layer][pos]
+            g_of = next(g for g, members in enumerate(groups) if layer in members)
+            picks = [(part, pos, prob) for part, chunk in zip(parts, chunks)
+                     for pos, (prob, g) in enumerate(chunk) if g == g_of]
+            picks.sort(key=lambda item: item[2])
+            entry = {name: np.stack([part["per_copy"][name][pos] for part, pos, _ in picks])
+                     for name in parts[0]["per_copy"]}
+            entry.update({name: np.stack([part["per_layer"][name][layer][pos] for part, pos, _ in picks])
+                          for name in ("mu", "sigma", "mu_norm")})
             entry["reached"] = entry["reached"].astype(bool)
             entry["iterations"] = entry["iterations"].astype(int)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -452,8 +436,9 @@ class CEPA(ModelScanner):
             result[layer] = entry
         return result
 
-    def _run_chunk(self, x_t: torch.Tensor, f0: dict[str, torch.Tensor], scale2: dict[str, float],
-                   problems: Problems, groups: list[list[str]], chunk: list[tuple[int, int]]) -> dict[str, Any]:
+    def _run_chunk(self, x_t: torch.Tensor, f0: dict[str, torch.Tensor], problems: Problems,
+                   groups: list[list[str]], chunk: list[tuple[int, int]]) -> dict[str, Any]:
+        """The batched alternating minimisation of Eq. 1 for the copies of one chunk (all in one forward pass)."""
         device = x_t.device
         model = self.classifier.model
         low, high = self._value_range
@@ -461,30 +446,29 @@ class CEPA(ModelScanner):
         prob_rows = np.array([p for p, _ in chunk])
         idx = torch.as_tensor(problems.indices[prob_rows], device=device)
         valid = idx >= 0
-        counts = valid.sum(1).clamp_min(1)
         validf = valid.float()
+        counts = valid.sum(1).clamp_min(1)
+        n = idx.shape[1]
         x_groups = x_t[idx.clamp_min(0)]  # (A, n, C, H, W)
         targets = torch.as_tensor(problems.targets[prob_rows], device=device)
-        chunk_layers = sorted({layer for _, g in chunk for layer in groups[g]}, key=list(f0).index)
-        # per layer: the copies of the chunk that penalise it, and their clean features (rows, n, D)
+        chunk_layers = [layer for layer in f0 if any(layer in groups[g] for _, g in chunk)]
+        # per layer: which copies of the chunk penalise it (A,), and the clean features of their samples
         rows = {layer: torch.as_tensor([i for i, (_, g) in enumerate(chunk) if layer in groups[g]], device=device,
                                        dtype=torch.long) for layer in chunk_layers}
-        f0g = {layer: f0[layer][idx[rows[layer]].clamp_min(0)] for layer in chunk_layers}
+        f0g = {layer: f0[layer][idx[rows[layer]].clamp_min(0)] for layer in chunk_layers}  # (A_layer, n, D)
 
-        param = self._parametrisation(x_t)
+        param = self._parametrisation()
         params = param.init(a, tuple(x_groups.shape[1:]), device)
         lam = np.full(a, float(self.lam))
         above, below = np.zeros(a, dtype=np.int64), np.zeros(a, dtype=np.int64)
         best, stall = np.full(a, np.inf), np.zeros(a, dtype=np.int64)
-        active = np.ones(a, dtype=bool)
-        ever = np.zeros(a, dtype=bool)
-        snap: dict[str, np.ndarray] = {"misclassification": np.zeros(a), "iterations": np.zeros(a),
-                                       "delta_norm": np.zeros(a), "lam": np.zeros(a), "reached": np.zeros(a)}
-        snap_layer: dict[str, dict[str, torch.Tensor]] = {
-            "mu": {layer: torch.zeros((a, f0[layer].shape[1]), device=device) for layer in chunk_layers},
-            "sigma": {layer: torch.full((a,), float("nan"), device=device) for layer in chunk_layers},
-            "mu_norm": {layer: torch.full((a,), float("nan"), device=device) for layer in chunk_layers},
-        }
+        active, ever = np.ones(a, dtype=bool), np.zeros(a, dtype=bool)
+        # the state kept for each copy: its last iteration at or above the target (its last one if never)
+        snap = {name: np.zeros(a) for name in ("misclassification", "iterations", "delta_norm", "lam", "reached")}
+        snap_delta = torch.zeros_like(params[0], requires_grad=False)
+        snap_layer = {"mu": {layer: torch.zeros((a, f0[layer].shape[1]), device=device) for layer in chunk_layers},
+                      "sigma": {layer: torch.full((a,), float("nan"), device=device) for layer in chunk_layers},
+                      "mu_norm": {layer: torch.full((a,), float("nan"), device=device) for layer in chunk_layers}}
         for it in range(self.max_iter + 1):
             act = np.flatnonzero(active)
             if len(act) == 0:
@@ -493,81 +477,66 @@ class CEPA(ModelScanner):
             delta = params[0][act_t]
             perturbed = (x_groups[act_t] + delta).clamp(low, high)
             with capture(model, chunk_layers, flatten=True) as feats:
-                logits = model(preprocess(self.classifier, perturbed.flatten(0, 1)))
-            logits = logits.view(len(act), x_groups.shape[1], -1)
-            v_act, c_act = validf[act_t], counts[act_t]
-            log_p = torch.log_softmax(logits, -1)
-            nll = -log_p.gather(-1, targets[act_t].view(-1, 1, 1).expand(-1, logits.shape[1], 1))[..., 0]
-            ce = (nll * v_act).sum(1) / c_act
-            hit = (logits.argmax(-1) == targets[act_t, None]) & valid[act_t]
-            rate = (hit.sum(1) / c_act).detach()
-            dnorm = ((delta.detach().flatten(2).norm(dim=-1) * v_act).sum(1) / c_act)
+                logits = model(preprocess(self.classifier, perturbed.flatten(0, 1))).view(len(act), n, -1)
+            w, cnt = validf[act_t], counts[act_t]
+            nll = -torch.log_softmax(logits, -1).gather(-1, targets[act_t].view(-1, 1, 1).expand(-1, n, 1))[..., 0]
+            ce = (nll * w).sum(1) / cnt
+            hits = ((logits.argmax(-1) == targets[act_t, None]) & valid[act_t]).sum(1)
+            rate = hits.cpu().numpy() / cnt.cpu().numpy()  # float64: 81 / 90 must equal 0.9
+            dnorm = ((delta.detach().flatten(2).norm(dim=-1) * w).sum(1) / cnt).cpu().numpy()
             penalty = torch.zeros(len(act), device=device)
             pos_of = torch.full((a,), -1, dtype=torch.long, device=device)
             pos_of[act_t] = torch.arange(len(act), device=device)
-            stats_now: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+            now: dict[str, tuple[torch.Tensor, ...]] = {}
             for layer in chunk_layers:
                 pos = pos_of[rows[layer]]
                 keep = pos >= 0
                 if not bool(keep.any()):
                     continue
-                sel_rows, sel_pos = rows[layer][keep], pos[keep]
-                feat = feats[layer].view(len(act), x_groups.shape[1], -1)[sel_pos]
-                shift = feat - f0g[layer][keep]
-                w = validf[sel_rows]
-                cnt = counts[sel_rows].view(-1, 1)
-                mu = ((shift * w[..., None]).sum(1) / cnt).detach()  # Eq. 2, closed form for the current deltas
-                sq = (shift - mu[:, None]).pow(2).sum(-1)
-                var = (sq * w).sum(1) / cnt[:, 0]
-                penalty = penalty.index_add(0, sel_pos, var / (scale2[layer] if self._normalise else 1.0))
-                stats_now[layer] = (sel_rows, mu, var.detach().sqrt(), mu.norm(dim=1))
+                r, pos = rows[layer][keep], pos[keep]
+                shift = feats[layer].view(len(act), n, -1)[pos] - f0g[layer][keep]  # f(x + delta) - f(x)
+                wl, cl = validf[r], counts[r]
+                mu = ((shift * wl[..., None]).sum(1) / cl[:, None]).detach()  # Eq. 2 for the current deltas
+                var = ((shift - mu[:, None]).pow(2).sum(-1) * wl).sum(1) / cl
+                penalty = penalty.index_add(0, pos, var)
+                now[layer] = (r, mu, var.detach().sqrt(), mu.norm(dim=1))
 
-            rate_np = rate.cpu().numpy()
-            reached = rate_np >= self.target_misclassification
+            reached = rate >= self.target_misclassification
             ever[act] |= reached
             record = reached | ~ever[act]
-            rec_t = torch.as_tensor(act[record], device=device)
             if record.any():
-                snap["misclassification"][act[record]] = rate_np[record]
-                snap["iterations"][act[record]] = it
-                snap["delta_norm"][act[record]] = dnorm.cpu().numpy()[record]
-                snap["lam"][act[record]] = lam[act[record]]
-                snap["reached"][act[record]] = reached[record]
-                rec_mask = torch.zeros(a, dtype=torch.bool, device=device)
-                rec_mask[rec_t] = True
-                for layer, (sel_rows, mu, sigma, mu_norm) in stats_now.items():
-                    take = rec_mask[sel_rows]
-                    snap_layer["mu"][layer][sel_rows[take]] = mu[take]
-                    snap_layer["sigma"][layer][sel_rows[take]] = sigma[take]
-                    snap_layer["mu_norm"][layer][sel_rows[take]] = mu_norm[take]
+                kept = act[record]
+                snap["misclassification"][kept], snap["iterations"][kept] = rate[record], it
+                snap["delta_norm"][kept], snap["lam"][kept] = dnorm[record], lam[kept]
+                snap["reached"][kept] = reached[record]
+                rows_t, rec_t = torch.as_tensor(kept, device=device), torch.as_tensor(record, device=device)
+                snap_delta[rows_t] = delta.detach()[rec_t]
+                rec_full = torch.zeros(a, dtype=torch.bool, device=device)
+                rec_full[rows_t] = True
+                for layer, (r, mu, sigma, mu_norm) in now.items():
+                    take = rec_full[r]
+                    snap_layer["mu"][layer][r[take]] = mu[take]
+                    snap_layer["sigma"][layer][r[take]] = sigma[take]
+                    snap_layer["mu_norm"][layer][r[take]] = mu_norm[take]
 
-            if getattr(self, "_trace", None) is not None:  # DEBUG
-                st = stats_now[chunk_layers[-1]]
-                self._trace.append((it, act.copy(), rate_np.copy(), lam[act].copy(), dnorm.cpu().numpy(),
-                                    (st[2] / st[3]).cpu().numpy(), st[0].cpu().numpy()))
-            new_best, new_stall, stop = update_norm_plateau(best[act], stall[act], dnorm.cpu().numpy(), reached,
-                                                            patience=self.stop_patience)
-            best[act], stall[act] = new_best, new_stall
+            best[act], stall[act], stop = update_norm_plateau(best[act], stall[act], dnorm, reached,
+                                                              patience=self.stop_patience)
             if it == self.max_iter:
                 stop[:] = True
-            go = ~stop
-            if go.any():
+            if (~stop).any():
+                go = torch.as_tensor(~stop, device=device)
                 lam_t = torch.as_tensor(lam[act], dtype=ce.dtype, device=device)
-                loss = ((ce + lam_t * penalty) * torch.as_tensor(go, device=device)).sum()
-                loss.backward()
+                ((ce + lam_t * penalty) * go).sum().backward()  # Eq. 1 (per copy, summed over copies)
                 move = torch.zeros(a, dtype=torch.bool, device=device)
-                move[torch.as_tensor(act[go], device=device)] = True
-                param.update(params, move, torch.zeros_like(move))
+                move[act_t[go]] = True
+                param.update(params, move, move)
                 param.project(params, x_groups, (low, high))
-            new_lam, new_above, new_below = update_penalty_weight(lam[act], above[act], below[act], reached,
-                                                                   patience=LAMBDA_PATIENCE, factor=LAMBDA_FACTOR)
-            lam[act], above[act], below[act] = new_lam, new_above, new_below
+            lam[act], above[act], below[act] = update_penalty_weight(
+                lam[act], above[act], below[act], reached, patience=LAMBDA_PATIENCE, factor=LAMBDA_FACTOR)
             active[act[stop]] = False
-        return {
-            "per_copy": snap,
-            "per_layer": {name: {layer: t.cpu().numpy() for layer, t in by_layer.items()}
-                          for name, by_layer in snap_layer.items()},
-        }
+        return {"per_copy": {**snap, "deltas": snap_delta.cpu().numpy()},
+                "per_layer": {name: {layer: t.cpu().numpy() for layer, t in by_layer.items()}
+                              for name, by_layer in snap_layer.items()}}
 
     # ---------------------------------------------------------------------------------------- trigger (Eq. 3)
     def estimate_trigger(self, x: np.ndarray, report: CEPAReport | Mapping[str, Any], *, v: float = 0.0,
@@ -610,7 +579,7 @@ class CEPA(ModelScanner):
                 if goal is None:
                     raise DataError(f"report.mu has {mu.numel()} values but layer {layer!r} outputs "
                                     f"{feats[layer].shape[1]} per sample; was the report made on this model?")
-                param = self._parametrisation(xb)
+                param = self._parametrisation()
                 params = param.init(1, tuple(xb.shape), device)
                 everything = torch.ones(1, dtype=torch.bool, device=device)
                 for _ in range(iters):

@@ -244,11 +244,8 @@ class SampleWiseShift:
 
     stops_at_target = False
 
-    def __init__(self, learning_rate: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, method: str = "adam") -> None:
-        if method not in ("adam", "normalized"):
-            raise InvalidParameterError(f"method must be 'adam' or 'normalized', got {method!r}")
-        self.method = method
+    def __init__(self, learning_rate: float = 0.05, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
         self.learning_rate = learning_rate
         self.betas = betas
         self.eps = eps
@@ -284,11 +281,6 @@ class SampleWiseShift:
         b1, b2 = self.betas
         with torch.no_grad():
             g = delta.grad[active]
-            if self.method == "normalized":
-                norm = g.flatten(2).norm(dim=-1).clamp_min(1e-12).view(g.shape[:2] + (1,) * (g.dim() - 2))
-                delta[active] -= self.learning_rate * g / norm
-                delta.grad = None
-                return
             m = self._m[active].mul_(b1).add_(g, alpha=1 - b1)
             v = self._v[active].mul_(b2).addcmul_(g, g, value=1 - b2)
             t = self._t[active] + 1

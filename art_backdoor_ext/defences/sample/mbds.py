@@ -1,0 +1,624 @@
+"""
+MBDS: a sample-level backdoor detector trained on shadow models (Wu et al., Meta Backdoor Defense System).
+
+:class:`MBDS` (an ART ``EvasionDetector``) learns, from a small clean reserve only, to tell backdoored inputs
+from clean ones: it draws ``n_shadow_models`` backdoor settings from the jumbo distribution, trains one shadow
+model of the victim's architecture on each shadow dataset (:func:`~art_backdoor_ext.ensemble.train_ensemble`,
+vectorised), reads the shadow models' feature maps before the first fully connected layer, keeps the samples
+that pass the paper's two filters, and trains a meta-classifier (two 1x1 convolutions, three fully connected
+layers, BCE-with-logits) on ``feature map -> is_poison``. :class:`MBDSPoisonFilter` exposes a fitted detector
+as an ART ``PoisonFilteringDefence`` over a training set.
+
+Choices this implementation makes where the paper is silent (each documented in docs/mbds.md):
+
+- The reserve is split (stratified) into three disjoint parts: shadow training (jumbo datasets are built from
+  it), meta training (its clean samples and their triggered copies are passed through each trained shadow model,
+  so meta features come from inputs the shadow model has not been trained on, like test-time inputs) and
+  calibration (clean samples only; the threshold is the ``1 - target_frr`` quantile of their scores, computed
+  separately for each feature source).
+- Feature maps are standardised per channel with the clean meta-training statistics of their extractor (each
+  shadow model, or the victim), so that the meta-classifier sees comparable scales from every extractor.
+- ``feature_source="shadow"`` (black-box, the paper's setting) scores an input by the mean meta-classifier
+  probability over every shadow extractor; ``"victim"`` (white-box) uses the classifier's own feature map.
+- Files written by :meth:`MBDS.save` hold only tensors, lists and one JSON string; :meth:`MBDS.load` reads them
+  with ``torch.load(weights_only=True)`` and refuses any file that holds pickled objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from art.defences.detector.evasion.evasion_detector import EvasionDetector
+from art.defences.detector.poison import GroundTruthEvaluator, PoisonFilteringDefence
+from art.estimators.classification import PyTorchClassifier
+from torch import nn
+
+from art_backdoor_ext._progress import progress
+from art_backdoor_ext._torch import classifier_device, layer_names, preprocess, resolve_layers
+from art_backdoor_ext._validation import (
+    Instance,
+    Interval,
+    Options,
+    ParamsMixin,
+    check_images,
+    check_labels,
+    check_pytorch_classifier,
+)
+from art_backdoor_ext.attacks.jumbo import JumboContamination, JumboDistribution
+from art_backdoor_ext.defences.base import to_builtin
+from art_backdoor_ext.defences.sample._meta import (
+    MetaClassifier,
+    feature_shape,
+    find_feature_layer,
+    meta_probabilities,
+    module_features,
+    probe_model,
+    state_to_cpu,
+    to_plain,
+    train_meta_classifier,
+)
+from art_backdoor_ext.ensemble import train_ensemble
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MBDS", "MBDSPoisonFilter", "MetaClassifier"]
+
+_FORMAT = "art_backdoor_ext.mbds/1"
+_EPS = 1e-6
+_MIN_META, _MIN_CAL = 10, 10
+
+
+def _reset_parameters(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
+            module.reset_parameters()
+    return model
+
+
+class MBDS(ParamsMixin, EvasionDetector):
+    """
+    Implementation of the Meta Backdoor Defense System (Wu, Hu, Ji, Zhou and Jiang, 2024): a meta-classifier over
+    shadow models' feature maps detects backdoored inputs, trained without knowing the attack.
+
+    | Paper: "Defending Against Backdoor Attacks on Deep Neural Networks by Meta Backdoor Analysis" (MBDS)
+
+    :param classifier: The (possibly backdoored) ART ``PyTorchClassifier``; inputs NCHW in its ``clip_values``.
+    :param model_factory: ``i -> nn.Module``, a fresh shadow model of the victim's architecture; ``None``: a
+        deep copy of ``classifier.model`` with every ``reset_parameters()`` called (seeded per model).
+    :param n_shadow_models: Number of shadow models (paper: many; >= 1).
+    :param feature_layer: Layer whose output is the feature map; ``None``: the last module with a 4-D output
+        before the first ``nn.Linear`` (``"pool"`` for ``DigitsCNN``). A 2-D output ``(N, D)`` is used as
+        ``(D, 1, 1)``.
+    :param feature_source: ``"shadow"`` (black-box: mean score over the shadow extractors) or ``"victim"``
+        (white-box: the classifier's own feature map at ``feature_layer``).
+    :param target_frr: False rejection rate the threshold is calibrated for, on held-out clean reserve samples.
+    :param distribution: The :class:`JumboDistribution` of backdoor settings (``None``: MNTD's defaults).
+    :param shadow_epochs: Training epochs of each shadow model.
+    :param shadow_batch_size: Mini-batch size of shadow training.
+    :param shadow_learning_rate: Adam learning rate of shadow training.
+    :param meta_epochs: Training epochs of the meta-classifier.
+    :param meta_batch_size: Mini-batch size of the meta-classifier.
+    :param meta_learning_rate: Adam learning rate of the meta-classifier.
+    :param meta_fraction: Share of the reserve used to build meta-training samples.
+    :param calibration_fraction: Share of the reserve used to calibrate the threshold.
+    :param models_per_chunk: Shadow models trained together (memory bound).
+    :param checkpoint_dir: Folder for shadow-model checkpoints (a rerun resumes); ``None``: none.
+    :param batch_size: Inference batch size.
+    :param random_state: Seed or generator; drives the reserve split, jumbo settings, shadow and meta training.
+    :param verbose: Progress bars.
+
+    Example::
+
+        mbds = MBDS(classifier, n_shadow_models=64, random_state=0)
+        mbds.fit(x_reserved, y_reserved)          # small clean reserve, NCHW float32 in [0, 1]
+        report, is_backdoor = mbds.detect(x)      # is_backdoor[i] True: x[i] judged backdoored
+        scores = mbds.score(x)                    # in [0, 1], higher = more likely backdoored
+    """
+
+    _estimator_requirements = (PyTorchClassifier,)
+    _parameter_constraints: dict[str, list[Any]] = {
+        "model_factory": [Instance(callable), None],
+        "n_shadow_models": [Interval(int, 1, None)],
+        "feature_layer": [Instance(str), None],
+        "feature_source": [Options(("shadow", "victim"))],
+        "target_frr": [Interval(float, 0, 1, closed="neither")],
+        "distribution": [Instance(JumboDistribution), None],
+        "shadow_epochs": [Interval(int, 1, None)],
+        "shadow_batch_size": [Interval(int, 1, None)],
+        "shadow_learning_rate": [Interval(float, 0, None, closed="neither")],
+        "meta_epochs": [Interval(int, 1, None)],
+        "meta_batch_size": [Interval(int, 1, None)],
+        "meta_learning_rate": [Interval(float, 0, None, closed="neither")],
+        "cross_settings": [Interval(int, 0, None)],
+        "meta_fraction": [Interval(float, 0, 1, closed="neither")],
+        "calibration_fraction": [Interval(float, 0, 1, closed="neither")],
+        "models_per_chunk": [Interval(int, 1, None)],
+        "checkpoint_dir": [Instance((str, os.PathLike)), None],
+        "batch_size": [Interval(int, 1, None)],
+        "random_state": [Interval(int, 0, None), Instance(np.random.Generator), None],
+        "verbose": [Instance(bool)],
+    }
+    defence_params = list(_parameter_constraints)
+
+    def __init__(
+        self,
+        classifier: PyTorchClassifier,
+        model_factory: Callable[[int], nn.Module] | None = None,
+        n_shadow_models: int = 64,
+        feature_layer: str | None = None,
+        feature_source: str = "shadow",
+        target_frr: float = 0.05,
+        random_state: int | np.random.Generator | None = None,
+        verbose: bool = False,
+        *,
+        distribution: JumboDistribution | None = None,
+        shadow_epochs: int = 20,
+        shadow_batch_size: int = 32,
+        shadow_learning_rate: float = 1e-3,
+        meta_epochs: int = 30,
+        meta_batch_size: int = 128,
+        meta_learning_rate: float = 1e-3,
+        cross_settings: int = 0,
+        meta_fraction: float = 0.3,
+        calibration_fraction: float = 0.2,
+        models_per_chunk: int = 16,
+        checkpoint_dir: str | os.PathLike | None = None,
+        batch_size: int = 256,
+    ) -> None:
+        EvasionDetector.__init__(self)
+        check_pytorch_classifier(classifier, type(self))
+        self.classifier = classifier
+        self.model_factory = model_factory
+        self.n_shadow_models = n_shadow_models
+        self.feature_layer = feature_layer
+        self.feature_source = feature_source
+        self.target_frr = target_frr
+        self.distribution = distribution
+        self.shadow_epochs = shadow_epochs
+        self.shadow_batch_size = shadow_batch_size
+        self.shadow_learning_rate = shadow_learning_rate
+        self.meta_epochs = meta_epochs
+        self.meta_batch_size = meta_batch_size
+        self.meta_learning_rate = meta_learning_rate
+        self.cross_settings = cross_settings
+        self.meta_fraction = meta_fraction
+        self.calibration_fraction = calibration_fraction
+        self.models_per_chunk = models_per_chunk
+        self.checkpoint_dir = checkpoint_dir
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+        self._fitted = False
+        self._check_params()
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.meta_fraction + self.calibration_fraction >= 1:
+            raise InvalidParameterError(
+                f"MBDS: meta_fraction + calibration_fraction must be < 1 (the rest trains the shadow models), got "
+                f"{self.meta_fraction} + {self.calibration_fraction}")
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None, nb_epochs: int | None = None,
+            **kwargs: Any) -> None:
+        """
+        Train the shadow models and the meta-classifier on the defender's clean reserve, then calibrate.
+
+        :param x: Clean reserve, NCHW float32 in the classifier's ``clip_values``.
+        :param y: Integer labels ``(N,)`` (or one-hot).
+        :param batch_size: Meta-classifier batch size (``None``: ``meta_batch_size``).
+        :param nb_epochs: Meta-classifier epochs (``None``: ``meta_epochs``).
+        :param kwargs: Hyper-parameters to set first (validated).
+        :raises DataError: a reserve too small for the split, NHWC or out-of-range data, bad labels.
+        :raises InvalidParameterError: an unknown layer, a factory whose models do not fit the classifier.
+        """
+        if kwargs:
+            self.set_params(**kwargs)
+        start = time.perf_counter()
+        k = int(self.classifier.nb_classes)
+        x = self._check_x(x, "x")
+        y = check_labels(y, n_samples=len(x), nb_classes=k, name="y", allow_one_hot=True)
+        seeds = self._seeds()
+        layer = self._resolve_layer()
+        shape = feature_shape(self.classifier.model, self._input_shape, layer)
+        factory = self._factory()
+        self._check_factory(factory, layer, shape)
+        idx_shadow, idx_meta, idx_cal = self._split(y, seeds[0])
+        device = classifier_device(self.classifier)
+
+        jumbo = JumboContamination(distribution=self.distribution, nb_classes=k, channels_first=True,
+                                   clip_values=self._clip, random_state=seeds[1])
+        datasets = list(jumbo.generate_shadow_datasets(x[idx_shadow], y[idx_shadow], self.n_shadow_models))
+        shadow = train_ensemble(factory, datasets, nb_epochs=self.shadow_epochs, batch_size=self.shadow_batch_size,
+                                learning_rate=self.shadow_learning_rate, device=device,
+                                models_per_chunk=self.models_per_chunk, checkpoint_dir=self.checkpoint_dir,
+                                random_state=seeds[2], verbose=self.verbose)
+        shadow = [m.to(device).eval() for m in shadow]
+
+        xm, ym = x[idx_meta], y[idx_meta]
+        feats, labels, means, stds = [], [], [], []
+        counts = {"clean": 0, "clean_kept": 0, "poison": 0, "poison_target_label_dropped": 0, "poison_kept": 0}
+        shadow_acc, shadow_asr = [], []
+        pairs = enumerate(zip(shadow, datasets))
+        for index, (model, data) in progress(pairs, verbose=self.verbose, desc="MBDS features", total=len(shadow)):
+            target = int(data.setting.target)
+            f_clean, p_clean = module_features(model, xm, layer, batch_size=self.batch_size, device=device)
+            mean, std = _channel_stats(f_clean)
+            sources = ym != target  # filter 2: a poisoned copy of a target-class sample is not a backdoor sample
+            x_poison = data.setting.apply(xm[sources], channels_first=True)
+            f_poison, p_poison = module_features(model, x_poison, layer, batch_size=self.batch_size, device=device)
+            keep_clean = p_clean == ym  # filter 1: the shadow model must classify clean samples correctly ...
+            keep_poison = p_poison == target  # ... and send poisoned ones to the target
+            shadow_acc.append(float(keep_clean.mean()))
+            shadow_asr.append(float(keep_poison.mean()) if len(keep_poison) else 0.0)
+            counts["clean"] += len(ym)
+            counts["clean_kept"] += int(keep_clean.sum())
+            counts["poison"] += len(ym)
+            counts["poison_target_label_dropped"] += int((~sources).sum())
+            counts["poison_kept"] += int(keep_poison.sum())
+            means.append(mean)
+            stds.append(std)
+            feats += [_normalise(f_clean[torch.as_tensor(keep_clean)], mean, std),
+                      _normalise(f_poison[torch.as_tensor(keep_poison)], mean, std)]
+            labels += [np.zeros(int(keep_clean.sum())), np.ones(int(keep_poison.sum()))]
+            for j in range(1, min(self.cross_settings, len(datasets) - 1) + 1):
+                other = datasets[(index + j) % len(datasets)].setting  # a trigger this model has not learnt
+                f_other, _ = module_features(model, other.apply(xm[ym != other.target], channels_first=True), layer,
+                                             batch_size=self.batch_size, device=device)
+                feats.append(_normalise(f_other, mean, std))
+                labels.append(np.ones(len(f_other)))
+        features, is_poison = torch.cat(feats), np.concatenate(labels)
+        balanced = _balance(is_poison, np.random.default_rng(seeds[3]))
+        if len(balanced) == 0:
+            raise DataError(
+                f"no poisoned shadow sample survived the filters ({counts['poison_kept']} poisoned, "
+                f"{counts['clean_kept']} clean kept): the shadow models did not learn their backdoors; raise "
+                "shadow_epochs, the reserve size or n_shadow_models")
+        meta = train_meta_classifier(
+            features[torch.as_tensor(balanced)], is_poison[balanced], shape=shape,
+            nb_epochs=self.meta_epochs if nb_epochs is None else int(nb_epochs),
+            batch_size=self.meta_batch_size if batch_size is None else int(batch_size),
+            learning_rate=self.meta_learning_rate, seed=seeds[4], device=device)
+
+        self._layer, self._shape, self._shadow, self._meta = layer, shape, shadow, meta.to(device)
+        self._shadow_mean, self._shadow_std = torch.stack(means), torch.stack(stds)
+        f_victim, _ = self._victim_features(xm)
+        self._victim_mean, self._victim_std = _channel_stats(f_victim)
+        self._fitted = True
+        x_cal = x[idx_cal]
+        self._thresholds = {source: _threshold(self._score(x_cal, source), self.target_frr)
+                            for source in ("shadow", "victim")}
+        counts["meta_training_samples"] = int(len(balanced))
+        self.fit_report_ = to_builtin({
+            "feature_layer": layer, "feature_shape": list(shape), "n_shadow_models": len(shadow),
+            "reserve_split": {"shadow": len(idx_shadow), "meta": len(idx_meta), "calibration": len(idx_cal)},
+            "filters": counts, "shadow_clean_accuracy_mean": float(np.mean(shadow_acc)),
+            "shadow_attack_success_mean": float(np.mean(shadow_asr)), "thresholds": dict(self._thresholds),
+            "seconds": time.perf_counter() - start})
+        logger.info("MBDS fitted: %s", self.fit_report_)
+
+    def score(self, x: np.ndarray, *, feature_source: str | None = None) -> np.ndarray:
+        """
+        Backdoor score of each input, in ``[0, 1]`` (higher = more likely backdoored).
+
+        :param x: Inputs NCHW float32 in the classifier's ``clip_values``.
+        :param feature_source: Override ``self.feature_source`` (``"shadow"`` or ``"victim"``).
+        :return: float64 ``(N,)``.
+        :raises NotFittedError: before :meth:`fit` / :meth:`load`.
+        """
+        self._require_fitted()
+        source = self._source(feature_source)
+        return self._score(self._check_x(x, "x"), source)
+
+    def detect(self, x: np.ndarray, batch_size: int = 128, **kwargs: Any) -> tuple[dict[str, Any], np.ndarray]:
+        """
+        Flag backdoored inputs (ART's ``EvasionDetector`` contract).
+
+        :param x: Inputs NCHW float32 in the classifier's ``clip_values``.
+        :param batch_size: Unused (``self.batch_size`` is the inference batch size); kept for ART's signature.
+        :param kwargs: ``feature_source`` to override the detector's.
+        :return: ``(report, is_backdoor)``: a JSON-serialisable dict and a boolean ``(N,)`` array, True for inputs
+            judged backdoored.
+        """
+        unknown = set(kwargs) - {"feature_source"}
+        if unknown:
+            raise InvalidParameterError(f"MBDS.detect got unknown argument(s) {sorted(unknown)}; "
+                                        "only feature_source is accepted")
+        source = self._source(kwargs.get("feature_source"))
+        scores = self.score(x, feature_source=source)
+        threshold = self._thresholds[source]
+        is_backdoor = np.asarray(scores > threshold, dtype=bool)
+        report = to_builtin({
+            "defence": "MBDS", "feature_source": source, "feature_layer": self._layer, "threshold": threshold,
+            "target_frr": self.target_frr, "n_samples": len(scores), "n_flagged": int(is_backdoor.sum()),
+            "scores": scores})
+        return report, is_backdoor
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Calibrated thresholds per feature source."""
+        self._require_fitted()
+        return dict(self._thresholds)
+
+    @property
+    def shadow_models(self) -> list[nn.Module]:
+        """The trained shadow models (feature extractors)."""
+        self._require_fitted()
+        return list(self._shadow)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """
+        Write the fitted detector to ``path``: ``torch.save`` of tensors, lists of tensors and a JSON config
+        string only (no pickled Python objects). ``model_factory`` and ``distribution`` are not stored.
+        """
+        self._require_fitted()
+        params = {k: v for k, v in self.get_params().items() if k not in ("model_factory", "distribution")}
+        params["checkpoint_dir"] = None if self.checkpoint_dir is None else os.fspath(self.checkpoint_dir)
+        params["random_state"] = self.random_state if isinstance(self.random_state, int) else None
+        config = {"format": _FORMAT, "params": to_plain(params), "feature_layer": self._layer,
+                  "feature_shape": list(self._shape), "meta": self._meta.config, "thresholds": self._thresholds,
+                  "input_shape": list(self._input_shape), "nb_classes": int(self.classifier.nb_classes),
+                  "has_model_factory": self.model_factory is not None}
+        blob = {"config": json.dumps(to_builtin(config)), "meta_state": state_to_cpu(self._meta),
+                "shadow_states": [state_to_cpu(m) for m in self._shadow],
+                "shadow_mean": self._shadow_mean.cpu(), "shadow_std": self._shadow_std.cpu(),
+                "victim_mean": self._victim_mean.cpu(), "victim_std": self._victim_std.cpu()}
+        torch.save(blob, os.fspath(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, classifier: PyTorchClassifier, *,
+             model_factory: Callable[[int], nn.Module] | None = None) -> MBDS:
+        """
+        Read a detector written by :meth:`save`, for ``classifier``.
+
+        :param model_factory: Builds the shadow architecture (``None``: a copy of ``classifier.model``).
+        :raises DataError: a file holding pickled objects (refused, nothing is executed), a wrong format, or a
+            classifier whose input shape / class count differ from the saved ones.
+        """
+        try:
+            blob = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # torch raises UnpicklingError / RuntimeError for disallowed globals
+            raise DataError(f"refused to load {os.fspath(path)!r}: MBDS files hold only tensors and a JSON config, "
+                            f"but this one needs pickled Python objects or is corrupt ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        keys = {"config", "meta_state", "shadow_states", "shadow_mean", "shadow_std", "victim_mean", "victim_std"}
+        if not isinstance(blob, dict) or not keys <= set(blob) or not isinstance(blob["config"], str):
+            raise DataError(f"{os.fspath(path)!r} is not an MBDS file (expected the keys {sorted(keys)})")
+        config = json.loads(blob["config"])
+        if config.get("format") != _FORMAT:
+            raise DataError(f"{os.fspath(path)!r} has format {config.get('format')!r}, expected {_FORMAT!r}")
+        check_pytorch_classifier(classifier, cls)
+        if tuple(config["input_shape"]) != tuple(classifier.input_shape) or \
+                config["nb_classes"] != int(classifier.nb_classes):
+            raise DataError(f"the file was fitted for input shape {tuple(config['input_shape'])} and "
+                            f"{config['nb_classes']} classes, the classifier has {tuple(classifier.input_shape)} "
+                            f"and {classifier.nb_classes}")
+        params = dict(config["params"])
+        det = cls(classifier, model_factory=model_factory, **params)
+        device = classifier_device(classifier)
+        factory = det._factory()
+        shadow = []
+        for i, state in enumerate(blob["shadow_states"]):
+            with torch.random.fork_rng(devices=[]):
+                model = factory(i)
+            model.load_state_dict(state)
+            shadow.append(model.to(device).eval())
+        meta_cfg = config["meta"]
+        meta = MetaClassifier(meta_cfg["in_channels"], meta_cfg["height"], meta_cfg["width"],
+                              tuple(meta_cfg["conv_channels"]), tuple(meta_cfg["hidden"]))
+        meta.load_state_dict(blob["meta_state"])
+        det._layer, det._shape = config["feature_layer"], tuple(config["feature_shape"])
+        det._shadow, det._meta = shadow, meta.to(device).eval()
+        det._shadow_mean, det._shadow_std = blob["shadow_mean"], blob["shadow_std"]
+        det._victim_mean, det._victim_std = blob["victim_mean"], blob["victim_std"]
+        det._thresholds = {k: float(v) for k, v in config["thresholds"].items()}
+        det._fitted = True
+        return det
+
+    # ------------------------------------------------------------------ steps
+    @property
+    def _input_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.classifier.input_shape)
+
+    @property
+    def _clip(self) -> tuple[float, float]:
+        clip = self.classifier.clip_values
+        return (0.0, 1.0) if clip is None else (float(clip[0]), float(clip[1]))
+
+    def _require_fitted(self) -> None:
+        if not self._fitted:
+            raise NotFittedError("MBDS is not fitted: call fit(x_reserved, y_reserved) or MBDS.load(path, classifier)")
+
+    def _source(self, source: str | None) -> str:
+        source = self.feature_source if source is None else source
+        if source not in ("shadow", "victim"):
+            raise InvalidParameterError(f"feature_source must be 'shadow' or 'victim', got {source!r}")
+        return source
+
+    def _check_x(self, x: Any, name: str) -> np.ndarray:
+        return check_images(x, name=name, input_shape=self._input_shape, clip_values=self.classifier.clip_values)
+
+    def _seeds(self) -> list[int]:
+        rs = self.random_state
+        base = int(rs.integers(2**63)) if isinstance(rs, np.random.Generator) else rs
+        return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(base).spawn(5)]
+
+    def _resolve_layer(self) -> str:
+        model = self.classifier.model
+        if self.feature_layer is None:
+            return find_feature_layer(model, self._input_shape)
+        resolve_layers(model, [self.feature_layer])
+        return self.feature_layer
+
+    def _factory(self) -> Callable[[int], nn.Module]:
+        if self.model_factory is not None:
+            return self.model_factory
+        template = copy.deepcopy(self.classifier.model).cpu()
+        return lambda _i: _reset_parameters(copy.deepcopy(template))
+
+    def _check_factory(self, factory: Callable[[int], nn.Module], layer: str, shape: tuple[int, int, int]) -> None:
+        with torch.random.fork_rng(devices=[]):
+            model = factory(0)
+        if not isinstance(model, nn.Module):
+            raise InvalidParameterError(f"model_factory(0) must return an nn.Module, got {type(model).__name__}")
+        names = layer_names(model)
+        if layer not in names:
+            raise InvalidParameterError(f"the shadow models from model_factory have no layer {layer!r} (the feature "
+                                        f"layer of the classifier); their layers are: {', '.join(names)}")
+        k = int(self.classifier.nb_classes)
+        try:
+            shapes, out = probe_model(model, self._input_shape, [layer])
+        except Exception as err:
+            raise InvalidParameterError(f"model_factory's model does not accept the classifier's input shape "
+                                        f"{self._input_shape}: {type(err).__name__}: {err}") from err
+        if out != (1, k):
+            raise InvalidParameterError(f"model_factory's model outputs shape {out[1:]} per input but the classifier "
+                                        f"has {k} classes; shadow models must share the victim's architecture")
+        got = shapes.get(layer)
+        got_chw = (got[1], got[2], got[3]) if got is not None and len(got) == 4 else \
+            (int(np.prod(got[1:])), 1, 1) if got is not None else None
+        if got_chw != shape:
+            raise InvalidParameterError(f"layer {layer!r} of the shadow models outputs {got_chw} but the classifier's "
+                                        f"outputs {shape}; shadow models must share the victim's architecture")
+
+    def _split(self, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        parts: list[list[np.ndarray]] = [[], [], []]
+        for c in np.unique(y):
+            idx = rng.permutation(np.flatnonzero(y == c))
+            n_cal = int(round(self.calibration_fraction * len(idx)))
+            n_meta = int(round(self.meta_fraction * len(idx)))
+            parts[2].append(idx[:n_cal])
+            parts[1].append(idx[n_cal:n_cal + n_meta])
+            parts[0].append(idx[n_cal + n_meta:])
+        shadow, meta, cal = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
+        k = int(self.classifier.nb_classes)
+        if len(shadow) < 2 * k or len(meta) < _MIN_META or len(cal) < _MIN_CAL:
+            raise DataError(
+                f"the reserve of {len(y)} samples is too small for the requested split: MBDS splits it into shadow "
+                f"training ({len(shadow)}, needs >= {2 * k}), meta training ({len(meta)}, needs >= {_MIN_META}) and "
+                f"calibration ({len(cal)}, needs >= {_MIN_CAL}) with meta_fraction={self.meta_fraction} and "
+                f"calibration_fraction={self.calibration_fraction}; give a larger reserve")
+        return shadow, meta, cal
+
+    def _victim_features(self, x: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        classifier = self.classifier
+        return module_features(classifier.model, x, self._layer, batch_size=self.batch_size,
+                               device=classifier_device(classifier),
+                               forward=lambda m, t: m(preprocess(classifier, t)))
+
+    def _score(self, x: np.ndarray, source: str) -> np.ndarray:
+        device = classifier_device(self.classifier)
+        if source == "victim":
+            feats, _ = self._victim_features(x)
+            return meta_probabilities(self._meta, _normalise(feats, self._victim_mean, self._victim_std),
+                                      batch_size=self.batch_size)
+        total = np.zeros(len(x))
+        for i, model in enumerate(self._shadow):
+            feats, _ = module_features(model, x, self._layer, batch_size=self.batch_size, device=device)
+            total += meta_probabilities(self._meta, _normalise(feats, self._shadow_mean[i], self._shadow_std[i]),
+                                        batch_size=self.batch_size)
+        return total / len(self._shadow)
+
+
+def _channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = features.transpose(0, 1).reshape(features.shape[1], -1).double()
+    return flat.mean(1).float(), flat.std(1, unbiased=False).float()
+
+
+def _normalise(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (features - mean[None, :, None, None]) / (std[None, :, None, None] + _EPS)
+
+
+def _balance(is_poison: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of an equal number of clean and poisoned samples (the larger class subsampled)."""
+    clean, poison = np.flatnonzero(is_poison == 0), np.flatnonzero(is_poison == 1)
+    n = min(len(clean), len(poison))
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate([rng.choice(clean, n, replace=False), rng.choice(poison, n, replace=False)]))
+
+
+def _threshold(clean_scores: np.ndarray, target_frr: float) -> float:
+    """Smallest threshold with at most ``target_frr`` of the clean scores above it."""
+    return float(np.quantile(clean_scores, 1.0 - target_frr, method="higher"))
+
+
+class MBDSPoisonFilter(ParamsMixin, PoisonFilteringDefence):
+    """
+    A fitted :class:`MBDS` as an ART ``PoisonFilteringDefence``: flags the training samples it judges backdoored.
+
+    :param classifier: The ART ``PyTorchClassifier`` (the one ``mbds`` was fitted for).
+    :param x_train: Training inputs NCHW.
+    :param y_train: Training labels (integer or one-hot), used for the per-class evaluation.
+    :param mbds: A fitted :class:`MBDS`.
+    :param feature_source: Override the detector's feature source (``None``: keep it).
+
+    Example::
+
+        report, is_clean = MBDSPoisonFilter(classifier, x_train, y_train, mbds=mbds).detect_poison()
+    """
+
+    _parameter_constraints: dict[str, list[Any]] = {
+        "mbds": [Instance(MBDS)],
+        "feature_source": [Options(("shadow", "victim")), None],
+    }
+    defence_params = ["classifier", *_parameter_constraints]
+
+    def __init__(self, classifier: PyTorchClassifier, x_train: np.ndarray, y_train: np.ndarray, *, mbds: MBDS,
+                 feature_source: str | None = None) -> None:
+        check_pytorch_classifier(classifier, type(self))
+        PoisonFilteringDefence.__init__(self, classifier, x_train, y_train)
+        self.mbds = mbds
+        self.feature_source = feature_source
+        self._check_params()
+        if mbds.classifier is not classifier:
+            raise InvalidParameterError("mbds was built for a different classifier than the one given")
+
+    def _labels(self) -> np.ndarray:
+        x = self.mbds._check_x(self.x_train, "x_train")
+        return check_labels(self.y_train, n_samples=len(x), nb_classes=int(self.classifier.nb_classes),
+                            name="y_train", allow_one_hot=True)
+
+    def detect_poison(self, **kwargs: Any) -> tuple[dict[str, Any], list[int]]:
+        """
+        :param kwargs: Hyper-parameters to set first.
+        :return: ``(report, is_clean)``: report dict (JSON-safe), ``is_clean[i] = 1`` when ``x_train[i]`` is judged
+            clean, 0 when judged backdoored (ART's convention).
+        """
+        if kwargs:
+            self.set_params(**kwargs)
+        self._labels()
+        report, is_backdoor = self.mbds.detect(self.x_train, feature_source=self.feature_source)
+        report["flagged_indices"] = [int(i) for i in np.flatnonzero(is_backdoor)]
+        return report, [int(v) for v in ~is_backdoor]
+
+    def evaluate_defence(self, is_clean: np.ndarray, **kwargs: Any) -> str:
+        """
+        :param is_clean: Ground truth, ``is_clean[i] = 1`` when ``x_train[i]`` is clean, 0 when poisoned.
+        :return: ART ``GroundTruthEvaluator`` JSON string, per class.
+        """
+        if is_clean is None or np.asarray(is_clean).size == 0:
+            raise DataError("is_clean was not provided while invoking evaluate_defence")
+        truth = np.asarray(is_clean).astype(np.int64).reshape(-1)
+        labels = self._labels()
+        if len(truth) != len(labels):
+            raise DataError(f"is_clean has {len(truth)} entries but x_train has {len(labels)} samples")
+        _, predicted = self.detect_poison(**kwargs)
+        predicted_clean = np.asarray(predicted, dtype=np.int64)
+        by_class = [labels == c for c in range(int(self.classifier.nb_classes))]
+        _, conf_matrix_json = GroundTruthEvaluator().analyze_correctness(
+            [predicted_clean[m] for m in by_class], [truth[m] for m in by_class])
+        return conf_matrix_json

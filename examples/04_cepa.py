@@ -1,0 +1,49 @@
+"""Detect a warping (WaNet-style) backdoor with CEPA and re-create its trigger on new images.
+
+A DigitsCNN is trained with an all-to-one warping backdoor (target 0, 10% poisoned). CEPA sees only 10 clean
+images per class: for every putative target it looks for sample-wise input perturbations that agree on one
+shift mu of an internal layer (Eq. 1-2), flags the target whose consensus sigma / ||mu|| is an outlier, then
+turns mu into perturbations for unseen test images (Eq. 3).
+
+Run: python examples/04_cepa.py [--fast]
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(fast: bool = False) -> dict:
+    import numpy as np
+
+    from art_backdoor_ext.attacks.triggers import warp_trigger
+    from art_backdoor_ext.datasets import load_digits, sample_per_class
+    from art_backdoor_ext.defences.model.cepa import CEPA
+    from art_backdoor_ext.models import build_model, make_classifier
+    from art_backdoor_ext.training import train_victim
+
+    data = load_digits()
+    classifier = make_classifier(build_model("digits-cnn", random_state=0), device_type="cpu")
+    victim = train_victim(classifier, data.x_train, data.y_train, data.x_test, data.y_test,
+                          warp_trigger(grid_size=4, strength=1.0, random_state=0), target=0, rate=0.1,
+                          nb_epochs=12, learning_rate=3e-3, random_state=0)
+    print(f"victim: benign accuracy {victim.benign_accuracy:.3f}, attack success {victim.attack_success_rate:.3f}")
+
+    x_clean, y_clean = sample_per_class(data.x_test, data.y_test, 10, random_state=0)
+    detector = CEPA(classifier, variant="all-to-one" if fast else "both", max_iter=150 if fast else 300)
+    report = detector.scan(x_clean, y_clean)
+    ratio = report.statistics[report.variant][report.layer]["ratio"]
+    print(f"detected={report.detected} p={report.p_value:.3g} target={report.target} ({report.variant}, layer "
+          f"{report.layer}, {report.seconds:.1f} s)")
+    print("sigma/||mu|| per putative target:", np.round(np.asarray(ratio), 2).tolist())
+
+    x_new = data.x_test[data.y_test != report.target][:200]
+    delta = detector.estimate_trigger(x_new, report, max_iter=100)
+    asr = float(np.mean(classifier.predict(x_new + delta).argmax(1) == report.target))
+    print(f"Eq. 1 perturbations on the clean set: {report.misclassification:.2f} sent to the target; "
+          f"Eq. 3 perturbations on {len(x_new)} new images: {asr:.2f}")
+    return {**report.to_dict(), "eq3_attack_success_rate": asr}
+
+
+if __name__ == "__main__":
+    main(fast="--fast" in sys.argv)

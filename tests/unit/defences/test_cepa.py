@@ -1,0 +1,176 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from art_backdoor_ext._torch import extract_features
+from art_backdoor_ext.datasets import sample_per_class
+from art_backdoor_ext.defences.model.cepa import CEPA, candidate_layers
+from art_backdoor_ext.exceptions import DataError, EstimatorError, InvalidParameterError
+from art_backdoor_ext.models import DigitsCNN, make_classifier
+
+FAST = {"max_iter": 40, "layers": ["relu3"]}
+
+
+@pytest.fixture(scope="module")
+def warp_victim(digits):
+    """All-to-one (target 0) WaNet-style warping backdoor on digits, 10% poisoned."""
+    from art_backdoor_ext.attacks.triggers import warp_trigger
+    from art_backdoor_ext.training import train_victim
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        clf = make_classifier(DigitsCNN(), device_type="cpu")
+    victim = train_victim(clf, digits.x_train, digits.y_train, digits.x_test, digits.y_test,
+                          warp_trigger(grid_size=4, strength=1.0, random_state=0), target=0, rate=0.1,
+                          nb_epochs=12, learning_rate=3e-3, random_state=0)
+    assert victim.attack_success_rate > 0.9
+    return victim
+
+
+@pytest.fixture(scope="module")
+def clean_set(digits):
+    return sample_per_class(digits.x_test, digits.y_test, 10, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def detector(warp_victim):
+    return CEPA(warp_victim.classifier, variant="all-to-one", max_iter=200)
+
+
+@pytest.fixture(scope="module")
+def report(detector, clean_set):
+    return detector.scan(*clean_set)
+
+
+def test_detects_the_all_to_one_target(report):
+    assert report.detected and report.p_value < 0.05
+    assert report.target == 0 and report.source is None and report.variant == "all-to-one"
+    assert report.layers == ["relu1", "relu2", "relu3"] and report.layer in report.layers
+    assert report.mu.shape == {"relu1": (16, 8, 8), "relu2": (32, 8, 8), "relu3": (64,)}[report.layer]
+    stats = report.statistics["all-to-one"][report.layer]
+    # the detected target has the smallest consensus ratio sigma / ||mu|| at the chosen layer
+    assert np.argmin(stats["ratio"]) == 0
+    assert report.misclassification >= 0.9 and stats["reached"][0] == 1
+    assert len(report.tests) == 3 and min(t["p_value"] for t in report.tests) <= report.p_value
+
+
+def test_estimate_trigger_sends_test_samples_to_the_target(detector, report, digits):
+    x = digits.x_test[digits.y_test != 0][:150]
+    before = x.copy()
+    delta = detector.estimate_trigger(x, report, max_iter=100)
+    np.testing.assert_array_equal(x, before)
+    assert delta.shape == x.shape and delta.dtype == np.float32
+    assert (x + delta).min() >= -1e-6 and (x + delta).max() <= 1 + 1e-6
+    clf = detector.classifier
+    asr = float(np.mean(clf.predict(x + delta).argmax(1) == 0))
+    # control: the same per-sample norms in random directions barely move anything to the target
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=delta.shape).astype(np.float32)
+    noise *= (np.linalg.norm(delta.reshape(len(x), -1), axis=1) / np.linalg.norm(noise.reshape(len(x), -1),
+                                                                                  axis=1))[:, None, None, None]
+    control = float(np.mean(clf.predict(np.clip(x + noise, 0, 1)).argmax(1) == 0))
+    assert asr > 0.5 and asr > control + 0.4
+
+
+def test_report_json_round_trip(detector, report, digits):
+    d = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert d["detected"] is True and d["target"] == 0 and d["source"] is None
+    ratio = d["statistics"]["all-to-one"][report.layer]["ratio"]
+    assert len(ratio) == 10 and all(isinstance(v, float) for v in ratio)
+    assert set(d["settings"]) >= {"lam", "target_misclassification", "resolved_layers"}
+    x = digits.x_test[digits.y_test != 0][:5]
+    # estimate_trigger accepts the report read back from JSON
+    np.testing.assert_allclose(detector.estimate_trigger(x, d, max_iter=5),
+                               detector.estimate_trigger(x, report, max_iter=5), atol=1e-6)
+
+
+def test_closed_form_mu_is_the_mean_embedded_shift(warp_victim, clean_set):
+    """The mu and sigma the batched loop reports are those of its own deltas (Eq. 2), for every layer."""
+    x, y = clean_set
+    clf = warp_victim.classifier
+    det = CEPA(clf, layers=["relu2", "relu3"], variant="pairs", max_iter=15)
+    problems, per_layer = det.optimise(x, y)["pairs"]
+    for layer in ("relu2", "relu3"):
+        st = per_layer[layer]
+        for p in (0, 41, 89):
+            idx = problems.indices[p][problems.indices[p] >= 0]
+            moved = np.clip(x[idx] + st["deltas"][p][: len(idx)], 0, 1).astype(np.float32)
+            shifts = extract_features(clf, moved, [layer])[layer] - extract_features(clf, x[idx], [layer])[layer]
+            np.testing.assert_allclose(st["mu"][p], shifts.mean(0), rtol=1e-4, atol=1e-4)
+            sigma = np.sqrt(np.mean(np.sum((shifts - shifts.mean(0)) ** 2, axis=1)))
+            np.testing.assert_allclose(st["sigma"][p], sigma, rtol=1e-4)
+            rate = np.mean(clf.predict(moved).argmax(1) == problems.targets[p])
+            assert st["misclassification"][p] == pytest.approx(rate)
+
+
+def test_batched_equals_one_problem_at_a_time(warp_victim, clean_set):
+    x, y = clean_set
+    det = CEPA(warp_victim.classifier, variant="pairs", **FAST)
+    problems, all_at_once = det.optimise(x, y)["pairs"]
+    chosen = np.array([3, 40, 77])
+    for i in chosen:
+        _, alone = det.optimise(x, y, problems={"pairs": problems.subset(np.array([i]))})["pairs"]
+        for name in ("ratio", "mu_norm", "misclassification", "iterations"):
+            np.testing.assert_allclose(alone["relu3"][name][0], all_at_once["relu3"][name][i], rtol=1e-4)
+
+
+def test_deterministic_and_hygienic(warp_victim, clean_set):
+    x, y = clean_set
+    clf = warp_victim.classifier
+    model = clf.model
+    model.train()
+    hooks = sum(len(m._forward_hooks) for m in model.modules())
+    det = CEPA(clf, variant="both", random_state=0, max_samples_per_target=30, **FAST)
+    a = det.scan(x, y).to_dict()
+    assert model.training and sum(len(m._forward_hooks) for m in model.modules()) == hooks
+    assert all(p.requires_grad for p in model.parameters())
+    model.eval()
+    b = det.scan(x, y).to_dict()
+    a.pop("seconds"), b.pop("seconds")
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert {t["variant"] for t in a["tests"]} == {"pairs", "all-to-one"}
+    assert np.asarray(a["statistics"]["pairs"]["relu3"]["ratio"], dtype=float).shape == (10, 10)
+
+
+def test_candidate_layers_and_joint_penalty(warp_victim, clean_set):
+    clf = warp_victim.classifier
+    assert candidate_layers(clf.model) == ["relu1", "relu2", "relu3"]
+    assert candidate_layers(clf.model, n=2) == ["relu1", "relu3"]
+    x, y = clean_set
+    r = CEPA(clf, layers=["relu2", "relu3"], layer_penalty="joint", variant="all-to-one", max_iter=20).scan(x, y)
+    assert set(r.statistics["all-to-one"]) == {"relu2", "relu3"} and 0 <= r.p_value <= 1
+
+
+def test_bad_input(warp_victim, clean_set):
+    x, y = clean_set
+    clf = warp_victim.classifier
+    det = CEPA(clf, **FAST)
+    with pytest.raises(EstimatorError):
+        CEPA(object())
+    with pytest.raises(InvalidParameterError, match="unknown layer 'nope'.*relu1, conv2, relu2"):
+        CEPA(clf, layers=["relu3", "nope"])
+    with pytest.raises(InvalidParameterError, match="at least one layer"):
+        CEPA(clf, layers=[])
+    with pytest.raises(InvalidParameterError, match="target_misclassification"):
+        CEPA(clf, target_misclassification=1.5)
+    with pytest.raises(InvalidParameterError, match="variant must be one of"):
+        CEPA(clf, variant="one-to-one")
+    with pytest.raises(InvalidParameterError, match="unknown parameter"):
+        det.set_params(lambda_=1.0)
+    with pytest.raises(DataError, match="channels-first"):
+        det.scan(np.transpose(x, (0, 2, 3, 1)), y)
+    with pytest.raises(DataError, match=r"no samples of class\(es\) \[9\]"):
+        det.scan(x[y != 9], y[y != 9])
+    keep = np.concatenate([np.flatnonzero(y != 4), np.flatnonzero(y == 4)[:1]])
+    with pytest.raises(DataError, match="at least 2 samples per class"):
+        det.scan(x[keep], y[keep])
+    with pytest.raises(DataError, match="channels-first"):
+        det.estimate_trigger(np.transpose(x, (0, 2, 3, 1)), {"layer": "relu3", "mu": np.zeros(64)})
+    with pytest.raises(DataError, match="outputs 64 per sample"):
+        det.estimate_trigger(x, {"layer": "relu3", "mu": np.zeros(10)})
+    with pytest.raises(DataError, match="'layer' and 'mu'"):
+        det.estimate_trigger(x, {"mu": np.zeros(64)})
+    with pytest.raises(InvalidParameterError, match="unknown layer"):
+        det.estimate_trigger(x, {"layer": "nope", "mu": np.zeros(64)})

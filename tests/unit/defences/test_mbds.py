@@ -1,0 +1,165 @@
+"""MBDS: fit on a tiny digits reserve, both feature sources, persistence, safety, determinism, errors."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from art_backdoor_ext.defences.sample import MBDS, MBDSPoisonFilter
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
+from art_backdoor_ext.models import DigitsCNN
+
+FAST = {"n_shadow_models": 6, "shadow_epochs": 40, "shadow_learning_rate": 3e-3, "meta_epochs": 60}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def white_patch(x):
+    out = x.copy()
+    out[..., -2:, -2:] = 1.0
+    return out
+
+
+@pytest.fixture(scope="module")
+def split(digits):
+    """Reserve: 300 test images (disjoint from the victim's training set); evaluation: the other 150."""
+    return (digits.x_test[:300], digits.y_test[:300]), (digits.x_test[300:], digits.y_test[300:])
+
+
+@pytest.fixture(scope="module")
+def fitted(badnets_victim, split):
+    (xr, yr), _ = split
+    mbds = MBDS(badnets_victim.classifier, random_state=0, **FAST)
+    mbds.fit(xr, yr)
+    return mbds
+
+
+def test_fit_report_and_layer(fitted):
+    r = fitted.fit_report_
+    assert r["feature_layer"] == "pool" and r["feature_shape"] == [32, 4, 4]
+    assert r["reserve_split"] == {"shadow": 150, "meta": 90, "calibration": 60}
+    f = r["filters"]
+    assert 0 < f["clean_kept"] <= f["clean"] and 0 < f["poison_kept"] <= f["poison"] - f["poison_target_label_dropped"]
+    assert f["meta_training_samples"] == 2 * min(f["clean_kept"], f["poison_kept"])
+    json.dumps(r)
+
+
+def test_triggered_inputs_score_higher_and_frr_near_target(fitted, split):
+    _, (xe, ye) = split
+    x_trig = white_patch(xe[ye != 0])
+    clean, trig = fitted.score(xe), fitted.score(x_trig)
+    assert clean.shape == (150,) and np.all((clean >= 0) & (clean <= 1))
+    assert trig.mean() > clean.mean()
+    report, is_backdoor = fitted.detect(xe)
+    assert is_backdoor.dtype == bool and is_backdoor.shape == (150,)
+    assert is_backdoor.mean() <= fitted.target_frr + 0.1  # FRR on unseen clean inputs near the target
+    assert report["n_flagged"] == int(is_backdoor.sum()) and report["feature_source"] == "shadow"
+    json.dumps(report)
+
+
+def test_victim_feature_source_runs(fitted, split):
+    _, (xe, _) = split
+    report, is_backdoor = fitted.detect(xe, feature_source="victim")
+    assert report["feature_source"] == "victim" and is_backdoor.shape == (150,)
+    assert report["threshold"] == fitted.thresholds["victim"]
+    assert is_backdoor.mean() <= fitted.target_frr + 0.15
+    with pytest.raises(InvalidParameterError, match="unknown argument"):
+        fitted.detect(xe, foo=1)
+
+
+def test_save_load_round_trip(fitted, split, badnets_victim, tmp_path):
+    _, (xe, _) = split
+    path = tmp_path / "mbds.pt"
+    fitted.save(path)
+    loaded = MBDS.load(path, badnets_victim.classifier)
+    for source in ("shadow", "victim"):
+        np.testing.assert_array_equal(loaded.score(xe, feature_source=source), fitted.score(xe, feature_source=source))
+    assert loaded.thresholds == fitted.thresholds and loaded.get_params()["n_shadow_models"] == 6
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['MBDS_PWNED']}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_malicious_file_refused(tmp_path, badnets_victim, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("MBDS_PWNED", str(marker))
+    path = tmp_path / "evil.pt"
+    torch.save({"config": "{}", "payload": _Evil()}, path)
+    with pytest.raises(DataError, match="refused to load"):
+        MBDS.load(path, badnets_victim.classifier)
+    assert not marker.exists()
+    with open(tmp_path / "plain.pkl", "wb") as fh:
+        pickle.dump(_Evil(), fh)
+    with pytest.raises(DataError, match="refused to load"):
+        MBDS.load(tmp_path / "plain.pkl", badnets_victim.classifier)
+    assert not marker.exists()
+
+
+def test_deterministic_and_input_not_mutated(badnets_victim, split):
+    (xr, yr), (xe, _) = split
+    xr_before, yr_before, xe_before = xr.copy(), yr.copy(), xe.copy()
+    params = {**FAST, "n_shadow_models": 2, "shadow_epochs": 5, "meta_epochs": 5}
+    a = MBDS(badnets_victim.classifier, random_state=3, **params)
+    b = MBDS(badnets_victim.classifier, random_state=3, **params)
+    a.fit(xr, yr)
+    b.fit(xr, yr)
+    np.testing.assert_allclose(a.score(xe), b.score(xe), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(xr, xr_before)
+    np.testing.assert_array_equal(yr, yr_before)
+    np.testing.assert_array_equal(xe, xe_before)
+    model = badnets_victim.classifier.model
+    was_training = model.training
+    model.train()
+    try:
+        a.score(xe, feature_source="victim")
+        assert model.training  # mode restored
+    finally:
+        model.train(was_training)
+
+
+def test_poison_filter_adapter(fitted, badnets_victim, split):
+    _, (xe, ye) = split
+    x = np.concatenate([xe[:40], white_patch(xe[ye != 0][:10])])
+    y = np.concatenate([ye[:40], np.zeros(10, np.int64)])
+    is_clean_true = np.r_[np.ones(40, int), np.zeros(10, int)]
+    flt = MBDSPoisonFilter(badnets_victim.classifier, x, y, mbds=fitted)
+    report, is_clean = flt.detect_poison()
+    assert len(is_clean) == 50 and set(is_clean) <= {0, 1}
+    assert report["n_flagged"] == 50 - sum(is_clean)
+    conf = json.loads(flt.evaluate_defence(is_clean_true))
+    assert set(conf) == {f"class_{c}" for c in range(10)}
+
+
+def test_errors(badnets_victim, split, fitted):
+    (xr, yr), (xe, _) = split
+    clf = badnets_victim.classifier
+    with pytest.raises(NotFittedError, match="not fitted"):
+        MBDS(clf).score(xe)
+    with pytest.raises(DataError, match="too small"):
+        MBDS(clf, n_shadow_models=1).fit(xr[:40], yr[:40])
+    with pytest.raises(InvalidParameterError, match="unknown layer 'nope'.*conv1, relu1"):
+        MBDS(clf, feature_layer="nope", n_shadow_models=1).fit(xr, yr)
+    with pytest.raises(InvalidParameterError, match="outputs shape \\(7,\\).*10 classes"):
+        MBDS(clf, model_factory=lambda i: DigitsCNN(nb_classes=7), n_shadow_models=1).fit(xr, yr)
+    with pytest.raises(InvalidParameterError, match="outputs \\(16, 4, 4\\)"):
+        MBDS(clf, model_factory=lambda i: DigitsCNN(width=8), n_shadow_models=1).fit(xr, yr)
+    with pytest.raises(DataError, match="channels-last"):
+        fitted.score(np.transpose(xe, (0, 2, 3, 1)))
+    with pytest.raises(InvalidParameterError, match="feature_source"):
+        MBDS(clf, feature_source="gray")
+    with pytest.raises(InvalidParameterError, match="meta_fraction \\+ calibration_fraction"):
+        MBDS(clf, meta_fraction=0.6, calibration_fraction=0.5)
+    with pytest.raises(InvalidParameterError, match="unknown parameter"):
+        MBDS(clf).set_params(bogus=1)
