@@ -84,7 +84,7 @@ def _speed(det: CEPA, x: np.ndarray, y: np.ndarray, iters: int) -> dict[str, Any
     problems, batched = det.optimise(x, y, variants=["pairs"])["pairs"]
     t_batched = time.perf_counter() - start
     start = time.perf_counter()
-    single = [det.optimise(x, y, problems={"pairs": problems.subset(np.array([i]))})["pairs"][1]
+    single = [det.optimise(x, y, variants=["pairs"], problems={"pairs": problems.subset(np.array([i]))})["pairs"][1]
               for i in range(len(problems))]
     t_loop = time.perf_counter() - start
     diff = 0.0

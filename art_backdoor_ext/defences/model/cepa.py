@@ -26,17 +26,23 @@ and closed-form ``mu``, so the loop lives here; it reuses the engine's :class:`P
 
 Choices and deviations (see docs/cepa.md):
 
-- The variance term is divided by the mean squared norm of the clean features at its layer, so lambda is
-  dimensionless and one starting value suits every layer and model. lambda's schedule is the paper's (x1.5 after
-  5 consecutive iterations at or above ``target_misclassification``, /1.5 after 5 below). A problem stops when
-  the mean norm of its deltas has not decreased for ``stop_patience`` consecutive iterations at or above the
-  target (Section 4.1; ``stop_patience=0`` is Section 3's "stop as soon as the target is reached"), or at
-  ``max_iter``. Its statistics are those of the last iteration at which it was at or above the target.
+- The gradient steps on the deltas are Adam steps (per problem, see ``SampleWiseShift``) of ``learning_rate``
+  times the ``clip_values`` range. lambda is the paper's: raw feature units, starting at ``lam``, multiplied by
+  1.5 after 5 consecutive iterations at or above ``target_misclassification`` and divided by 1.5 after 5 below
+  (Section 4.1). The step must be large enough for a problem to reach the target in a few tens of iterations:
+  every 5 iterations below the target divide lambda by 1.5, so a slow approach leaves lambda too small for the
+  consensus term to matter once the target is reached (measured on digits: 0.05 works, 0.01 does not).
+- A problem stops when the mean norm of its deltas has not decreased for ``stop_patience`` consecutive
+  iterations at or above the target (Section 4.1; ``stop_patience=0`` is Section 3's "stop as soon as the
+  target is reached"), or at ``max_iter``. Its statistics (and deltas) are those of its last iteration at or
+  above the target (of its last iteration if it never got there, reported with ``reached`` False).
 - ``layer_penalty="separate"`` (default) runs Eq. 1 once per candidate layer (one copy of every problem per
-  layer, all in the same forward pass); ``"joint"`` sums the normalised variance terms of all layers in one
-  optimisation (one copy, each layer with its own closed-form ``mu``), which is cheaper.
-- Several layers and both variants are several tests: the decision uses the most extreme one (Section 3.1) and
-  its p-value is Sidak-corrected for the number of tests, ``1 - (1 - p_min)^m``.
+  layer, all copies in the same forward pass); ``"joint"`` sums the variance terms of all layers (raw units, each
+  layer with its own closed-form ``mu``) in one optimisation, which costs one copy instead of one per layer.
+- Several layers and variants are several tests: the decision uses the most extreme one (Section 3.1) and the
+  reported p-value is Sidak-corrected for their number m, ``1 - (1 - p_min)^m``.
+- The all-to-one variant has K statistics: its p-value is the order statistic of the largest of K under a Gamma
+  null fitted to the K - 1 others, truncated at the largest (AD's robust null with one value excluded).
 """
 
 from __future__ import annotations
@@ -153,14 +159,14 @@ class CEPA(ModelScanner):
     :param layers: Internal layer name(s) f(.) of Eq. 1; None picks three spread through the network
         (:func:`candidate_layers`). The decision uses the layer with the most extreme statistic.
     :param target_misclassification: Fraction of a problem's samples that must go to the target (0.9).
-    :param lam: Initial lambda of Eq. 1 (dimensionless: the variance term is normalised per layer).
+    :param lam: Initial lambda of Eq. 1 (0.01 in the paper), adapted per problem during the optimisation.
     :param significance: Detected when the corrected p-value is below it.
     :param variant: ``"both"`` (class pairs and all-to-one), ``"pairs"`` or ``"all-to-one"``.
     :param statistic: ``"consensus"`` (sigma / ||mu||, small for a backdoor) or ``"norm"`` (||mu||, large).
     :param inference: ``"p-value"`` (order statistic, robust Gamma null) or ``"mad"`` (anomaly index).
     :param anomaly_threshold: Detection threshold of the MAD anomaly index (``inference="mad"``).
     :param layer_penalty: ``"separate"`` (Eq. 1 once per layer) or ``"joint"`` (one optimisation, the layers'
-        variance terms summed).
+        variance terms summed in raw units).
     :param learning_rate: Adam step on the deltas, relative to the ``clip_values`` range.
     :param stop_patience: Stop once the mean delta norm has not decreased for this many consecutive iterations
         at or above the target (50 in the paper; 0 stops as soon as the target is reached).
@@ -213,7 +219,7 @@ class CEPA(ModelScanner):
         layer_penalty: str = "separate",
         learning_rate: float = 0.05,
         stop_patience: int = 50,
-        max_iter: int = 300,
+        max_iter: int = 200,
         max_samples_per_target: int | None = None,
         batch_size: int = 4096,
         random_state: int | None = None,
@@ -362,15 +368,17 @@ class CEPA(ModelScanner):
                  ) -> dict[str, tuple[Problems, dict[str, dict[str, np.ndarray]]]]:
         """Minimise Eq. 1 for every problem; public so benchmarks can time batched against one problem at a time.
 
-        :param x: Validated clean images (N, C, H, W) float32.
-        :param y: Their labels (N,).
+        :param x: Clean images (N, C, H, W) float32 in ``clip_values`` (checked like :meth:`scan`).
+        :param y: Their labels (N,), every class present.
         :param layers: Layer names (default: the resolved ``layers``).
         :param variants: Subset of ``("pairs", "all-to-one")`` (default: from ``variant``).
         :param problems: Explicit problems per variant (default: all pairs / all targets).
         :return: ``{variant: (problems, {layer: {"mu": (P, D), "sigma", "mu_norm", "ratio", "misclassification",
             "reached", "iterations", "delta_norm", "lam": (P,)}})}``.
         """
+        x, y = self._check_clean_set(x, y)
         layers = list(self._resolved_layers() if layers is None else layers)
+        resolve_layers(self.classifier.model, layers)
         k = int(self.classifier.nb_classes)
         kinds = VARIANTS[self.variant] if variants is None else tuple(variants)
         model = self.classifier.model

@@ -36,7 +36,7 @@ def clean_set(digits):
 
 @pytest.fixture(scope="module")
 def detector(warp_victim):
-    return CEPA(warp_victim.classifier, variant="all-to-one", max_iter=200)
+    return CEPA(warp_victim.classifier, variant="all-to-one", max_iter=100)
 
 
 @pytest.fixture(scope="module")
