@@ -51,7 +51,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -326,7 +326,8 @@ class CEPA(ModelScanner):
                     report.target, report.source, report.layer, report.seconds)
         return report
 
-    def _evidence(self, stats: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, str]:
+    def _evidence(self, stats: Mapping[str, np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray, Literal["low", "high"]]:
         """(evidence: large = backdoor, for the p-value; raw statistic and MAD side)."""
         if self.statistic == "norm":
             return stats["mu_norm"].astype(float), stats["mu_norm"].astype(float), "high"
@@ -609,10 +610,9 @@ def _finite(value: float) -> float:
 def _arrange(problems: Problems, values: np.ndarray, k: int, kind: str) -> np.ndarray:
     """(P,) values -> (K, K) matrix (row source, column target) for pairs, (K,) by target for all-to-one."""
     values = np.asarray(values, dtype=float)
+    out: np.ndarray = np.full((k, k) if kind == "pairs" else (k,), np.nan)
     if kind == "pairs":
-        out = np.full((k, k), np.nan)
         out[problems.sources, problems.targets] = values
-        return out
-    out = np.full(k, np.nan)
-    out[problems.targets] = values
+    else:
+        out[problems.targets] = values
     return out

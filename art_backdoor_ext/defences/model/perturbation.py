@@ -16,6 +16,9 @@ Parametrisations (how the perturbation enters and how it is updated):
   which is what the paper's line search is for, and no pair can overshoot by more than one step.
 - :class:`MaskPattern`: Neural Cleanse's ``(1 - m) x + m p`` with an L1 penalty on the mask, Adam, and the
   adaptive penalty weight of Wang et al.; the smallest mask reaching ``pi`` is kept.
+- :class:`SampleWiseShift`: CEPA's one perturbation per *sample* and problem, per-problem Adam. CEPA's
+  objective needs embedded features and a closed-form common shift, so its loop lives in
+  :mod:`~art_backdoor_ext.defences.model.cepa` (same problems and chunking).
 
 Problems are processed in chunks so that at most ``max_batch_images`` images go through the model at once.
 """
