@@ -110,9 +110,14 @@ def _ad(context: EvaluationContext) -> list[DefenceOutcome]:
     from art_backdoor_ext.defences import OrderStatisticDetector
 
     report = OrderStatisticDetector(context.victim.classifier).scan(*_clean_set(context))
-    return [DefenceOutcome(layer=str(report.settings["resolved_layer"]), detected=report.detected,
-                           found_target=report.target if report.detected else None,
-                           extra={"p_value": report.p_value})]
+    return [
+        DefenceOutcome(
+            layer=str(report.settings["resolved_layer"]),
+            detected=report.detected,
+            found_target=report.target if report.detected else None,
+            extra={"p_value": report.p_value},
+        )
+    ]
 
 
 @register_defence("nc", "model-scanner", "Neural Cleanse for PyTorch, MAD anomaly index > 2")
@@ -120,9 +125,11 @@ def _nc(context: EvaluationContext) -> list[DefenceOutcome]:
     from art_backdoor_ext.defences import PyTorchNeuralCleanse
 
     report = PyTorchNeuralCleanse(context.victim.classifier, random_state=context.random_state).scan(
-        *_clean_set(context))
-    return [DefenceOutcome(layer="input", detected=report.detected,
-                           found_target=report.target if report.detected else None)]
+        *_clean_set(context)
+    )
+    return [
+        DefenceOutcome(layer="input", detected=report.detected, found_target=report.target if report.detected else None)
+    ]
 
 
 @register_defence("mbds", "sample-detector", "MBDS meta-classifier on 16 jumbo shadow models (black-box features)")
@@ -132,7 +139,7 @@ def _mbds(context: EvaluationContext) -> list[DefenceOutcome]:
     victim = context.victim
     rng = np.random.default_rng(context.random_state)
     order = rng.permutation(len(context.x_clean))
-    reserve, held_out = order[: len(order) // 2], order[len(order) // 2:]
+    reserve, held_out = order[: len(order) // 2], order[len(order) // 2 :]
     detector = MBDS(victim.classifier, n_shadow_models=16, random_state=context.random_state)
     detector.fit(context.x_clean[reserve], context.y_clean[reserve])
     x_eval, y_eval = context.x_clean[held_out], context.y_clean[held_out]
@@ -141,5 +148,10 @@ def _mbds(context: EvaluationContext) -> list[DefenceOutcome]:
     x_all = np.concatenate([x_eval, x_triggered])
     truth = np.concatenate([np.zeros(len(x_eval), bool), np.ones(len(x_triggered), bool)])
     _, is_backdoor = detector.detect(x_all)
-    return [DefenceOutcome(layer=detector._resolve_layer(), is_flagged=np.asarray(is_backdoor, bool),
-                           extra={"is_backdoor_truth": truth})]
+    return [
+        DefenceOutcome(
+            layer=detector._resolve_layer(),
+            is_flagged=np.asarray(is_backdoor, bool),
+            extra={"is_backdoor_truth": truth},
+        )
+    ]

@@ -71,5 +71,7 @@ def bench_acss(*, profile: str, random_state: int, verbose: bool, models: int | 
     report = BenchmarkReport(
         "acss", profile, {"poison detection (mean over victims)": detection, "victims": victim_rows}
     )
-    report.notes.append(f"dataset {result.dataset}; poison rate 0.05 all-to-one (a third of the target class), target 0")
+    report.notes.append(
+        f"dataset {result.dataset}; poison rate 0.05 all-to-one (a third of the target class), target 0"
+    )
     return report

@@ -32,12 +32,34 @@ from art_backdoor_ext.training import fit_classifier, train_victim
 logger = logging.getLogger(__name__)
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "fast": {"dataset": "digits", "models": 3, "per_class": 20, "train": None, "epochs": 20, "lr": 3e-3,
-             "arch": "digits-cnn", "sparse_norm": 1.0, "global_norm": 1.0, "count": 60, "variants": None, "speed": True},
-    "full": {"dataset": "fashion-mnist", "models": 10, "per_class": 30, "train": 20000, "epochs": 4, "lr": 1e-3,
-             "arch": "badnets-cnn", "sparse_norm": 2.0, "global_norm": 2.0, "count": 300,
-             "variants": ["AD-J-P (input)", "AD-J-P-L1 (input)", "AD-J-C (input)", "AD-J-P (first conv, default)"],
-             "speed": False},
+    "fast": {
+        "dataset": "digits",
+        "models": 3,
+        "per_class": 20,
+        "train": None,
+        "epochs": 20,
+        "lr": 3e-3,
+        "arch": "digits-cnn",
+        "sparse_norm": 1.0,
+        "global_norm": 1.0,
+        "count": 60,
+        "variants": None,
+        "speed": True,
+    },
+    "full": {
+        "dataset": "fashion-mnist",
+        "models": 10,
+        "per_class": 30,
+        "train": 20000,
+        "epochs": 4,
+        "lr": 1e-3,
+        "arch": "badnets-cnn",
+        "sparse_norm": 2.0,
+        "global_norm": 2.0,
+        "count": 300,
+        "variants": ["AD-J-P (input)", "AD-J-P-L1 (input)", "AD-J-C (input)", "AD-J-P (first conv, default)"],
+        "speed": False,
+    },
 }
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -69,12 +91,27 @@ def _victim(group: str, seed: int, data: Any, cfg: dict[str, Any]) -> tuple[Any,
         return clf, None, []
     n_sources = 3 if group == "BD-G-M" else 1
     sources = sorted(int(s) for s in rng.choice(others, size=n_sources, replace=False))
-    trigger = (sparse_pixel_trigger(n_pixels=4, l2_norm=cfg["sparse_norm"], random_state=seed)
-               if group == "BD-P-S" else chessboard_trigger(l2_norm=cfg["global_norm"]))
+    trigger = (
+        sparse_pixel_trigger(n_pixels=4, l2_norm=cfg["sparse_norm"], random_state=seed)
+        if group == "BD-P-S"
+        else chessboard_trigger(l2_norm=cfg["global_norm"])
+    )
     mode = "one-to-one" if n_sources == 1 else "multi-source"
-    train_victim(clf, x, y, data.x_test, data.y_test, trigger, target=target, mode=mode, sources=sources,
-                          count=cfg["count"] * n_sources, nb_epochs=cfg["epochs"], learning_rate=cfg["lr"],
-                          random_state=seed)
+    train_victim(
+        clf,
+        x,
+        y,
+        data.x_test,
+        data.y_test,
+        trigger,
+        target=target,
+        mode=mode,
+        sources=sources,
+        count=cfg["count"] * n_sources,
+        nb_epochs=cfg["epochs"],
+        learning_rate=cfg["lr"],
+        random_state=seed,
+    )
     return clf, target, sources
 
 
@@ -99,8 +136,13 @@ def _speed(clf: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     single = [engine.run(x, y, problems.subset(np.array([i]))).size_l2[0] for i in range(len(problems))]
     t_loop = time.perf_counter() - start
     diff = float(np.max(np.abs(np.array(single) - batched.size_l2) / np.maximum(batched.size_l2, 1e-12)))
-    return {"pairs": len(problems), "batched_s": t_batched, "one_pair_loop_s": t_loop,
-            "speedup": t_loop / t_batched, "max_relative_difference": diff}
+    return {
+        "pairs": len(problems),
+        "batched_s": t_batched,
+        "one_pair_loop_s": t_loop,
+        "speedup": t_loop / t_batched,
+        "max_relative_difference": diff,
+    }
 
 
 THETAS = (0.05, 1e-3)
@@ -160,17 +202,38 @@ def bench_ad(*, profile: str, random_state: int, verbose: bool, models: int | No
             for name, det in detectors.items():
                 report = det.scan(x, y)
                 outcomes[name][group].append(
-                    {"p": report.p_value, "detected": report.detected, "source": report.source,
-                     "found": report.target, "target": target, "sources": sources, "seconds": report.seconds})
-    tables = {f"detection accuracy at theta = {theta:g} (attacked: right source and target; clean: not flagged)":
-              _accuracy_rows(outcomes, theta) for theta in THETAS}
-    report = BenchmarkReport("ad", profile, {
-        **tables,
-        **({"speed: batched engine vs one pair at a time (input space, same stopping rule)": [speed_row]}
-           if speed_row else {}),
-        "victims": victims})
-    report.notes += [f"dataset {data.name}, {cfg['models']} victims per group, {cfg['per_class']} clean images "
-                     "per class from the test split",
-                     "paper anchor (CIFAR-10, Table 2): AD-J-P 0.92 / 0.92 / 1.00 / 1.00; NC-L1-1.5 0.36 / 0.16 / "
-                     "1.00 / 0.84"]
+                    {
+                        "p": report.p_value,
+                        "detected": report.detected,
+                        "source": report.source,
+                        "found": report.target,
+                        "target": target,
+                        "sources": sources,
+                        "seconds": report.seconds,
+                    }
+                )
+    tables = {
+        f"detection accuracy at theta = {theta:g} (attacked: right source and target; clean: not flagged)": _accuracy_rows(
+            outcomes, theta
+        )
+        for theta in THETAS
+    }
+    report = BenchmarkReport(
+        "ad",
+        profile,
+        {
+            **tables,
+            **(
+                {"speed: batched engine vs one pair at a time (input space, same stopping rule)": [speed_row]}
+                if speed_row
+                else {}
+            ),
+            "victims": victims,
+        },
+    )
+    report.notes += [
+        f"dataset {data.name}, {cfg['models']} victims per group, {cfg['per_class']} clean images "
+        "per class from the test split",
+        "paper anchor (CIFAR-10, Table 2): AD-J-P 0.92 / 0.92 / 1.00 / 1.00; NC-L1-1.5 0.36 / 0.16 / 1.00 / 0.84",
+    ]
     return report
