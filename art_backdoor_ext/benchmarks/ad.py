@@ -212,12 +212,8 @@ def bench_ad(*, profile: str, random_state: int, verbose: bool, models: int | No
                         "seconds": report.seconds,
                     }
                 )
-    tables = {
-        f"detection accuracy at theta = {theta:g} (attacked: right source and target; clean: not flagged)": _accuracy_rows(
-            outcomes, theta
-        )
-        for theta in THETAS
-    }
+    title = "detection accuracy at theta = {:g} (attacked: right source and target; clean: not flagged)"
+    tables = {title.format(theta): _accuracy_rows(outcomes, theta) for theta in THETAS}
     report = BenchmarkReport(
         "ad",
         profile,
