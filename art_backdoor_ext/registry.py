@@ -155,3 +155,18 @@ def _mbds(context: EvaluationContext) -> list[DefenceOutcome]:
             extra={"is_backdoor_truth": truth},
         )
     ]
+
+
+@register_defence("cepa", "model-scanner", "CEPA consensus embedded perturbation analysis (Li et al., 2024)")
+def _cepa(context: EvaluationContext) -> list[DefenceOutcome]:
+    from art_backdoor_ext.defences import CEPA
+
+    report = CEPA(context.victim.classifier, random_state=context.random_state).scan(*_clean_set(context, 10))
+    return [
+        DefenceOutcome(
+            layer=report.layer,
+            detected=report.detected,
+            found_target=report.target if report.detected else None,
+            extra={"p_value": report.p_value, "variant": report.variant},
+        )
+    ]

@@ -1,7 +1,7 @@
 """Backdoor defences for ART's PyTorchClassifier.
 
 - Model scanners (``scan(x_clean, y_clean) -> report``): :class:`OrderStatisticDetector` (AD),
-  :class:`PyTorchNeuralCleanse`.
+  :class:`CEPA`, :class:`PyTorchNeuralCleanse`.
 - Sample-level detectors (ART ``EvasionDetector``): :class:`MBDS` (+ the ``MBDSPoisonFilter`` adapter).
 - Poison filters (ART ``PoisonFilteringDefence``): :class:`MultiLayerActivationDefence`,
   :class:`MultiLayerSpectralSignature`.
@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from art_backdoor_ext.defences.activation import MultiLayerActivationDefence, MultiLayerSpectralSignature
 from art_backdoor_ext.defences.base import ModelScanner
+from art_backdoor_ext.defences.model.cepa import CEPA, CEPAReport
 from art_backdoor_ext.defences.model.neural_cleanse import PyTorchNeuralCleanse
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
 from art_backdoor_ext.defences.sample import MBDS, MBDSPoisonFilter
 
 __all__ = [
     "ModelScanner",
+    "CEPA",
+    "CEPAReport",
     "OrderStatisticDetector",
     "PyTorchNeuralCleanse",
     "MultiLayerActivationDefence",

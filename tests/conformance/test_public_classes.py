@@ -10,6 +10,7 @@ import pytest
 
 from art_backdoor_ext.datasets import sample_per_class
 from art_backdoor_ext.defences import (
+    CEPA,
     MultiLayerActivationDefence,
     MultiLayerSpectralSignature,
     OrderStatisticDetector,
@@ -40,6 +41,7 @@ def _filter(cls, **kw):
 
 
 CASES = {
+    "CEPA": _scanner(CEPA, max_iter=30, layers=["relu2", "relu3"], random_state=0),
     "OrderStatisticDetector": _scanner(OrderStatisticDetector, max_iter=40, step_size=0.02, random_state=0),
     "PyTorchNeuralCleanse": _scanner(PyTorchNeuralCleanse, max_iter=30, random_state=0),
     "MultiLayerActivationDefence": _filter(MultiLayerActivationDefence, layers=["relu2", "relu3"], random_state=0),
