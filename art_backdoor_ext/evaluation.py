@@ -9,7 +9,7 @@ Example::
 
     from art_backdoor_ext.evaluation import run_grid
     result = run_grid(attacks=["badnets"], defences=["art-ac", "ac"], dataset="digits", random_state=0)
-    print(result.to_markdown())
+    table = result.to_markdown()
 """
 
 from __future__ import annotations

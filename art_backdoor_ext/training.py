@@ -242,7 +242,7 @@ def train_victim(
         data = load_digits()
         victim = train_victim(make_classifier(DigitsCNN()), data.x_train, data.y_train, data.x_test,
                               data.y_test, patch_trigger(size=2, random_state=0), target=0, random_state=0)
-        print(victim.benign_accuracy, victim.attack_success_rate)
+        victim.benign_accuracy, victim.attack_success_rate   # about 0.98 and 1.0
     """
     check_pytorch_classifier(classifier, "train_victim")
     start = time.perf_counter()

@@ -22,7 +22,7 @@ from art_backdoor_ext._validation import (
     check_labels,
     check_pytorch_classifier,
 )
-from art_backdoor_ext.exceptions import DataError
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 
 __all__ = ["ModelScanner", "to_builtin"]
 
@@ -77,6 +77,14 @@ class ModelScanner(ParamsMixin, abc.ABC):
         y = check_labels(y_clean, n_samples=len(x), nb_classes=k, name="y_clean")
         check_class_counts(y, nb_classes=k, min_per_class=self.min_samples_per_class, name="y_clean")
         return x, y
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.classifier.clip_values is None:
+            raise InvalidParameterError(
+                f"{type(self).__name__} needs a classifier with clip_values (the valid input range bounds the "
+                "reverse-engineered perturbations), got clip_values=None"
+            )
 
     @abc.abstractmethod
     def _scan(self, x: np.ndarray, y: np.ndarray) -> Any:

@@ -50,7 +50,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -70,7 +69,8 @@ from art_backdoor_ext._torch import (
     to_tensor,
 )
 from art_backdoor_ext._validation import Instance, Interval, Options, check_images
-from art_backdoor_ext.defences.base import ModelScanner, to_builtin
+from art_backdoor_ext.defences.base import ModelScanner
+from art_backdoor_ext.defences.model.cepa_report import CEPAReport
 from art_backdoor_ext.defences.model.perturbation import Problems, SampleWiseShift, pair_problems, target_problems
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 from art_backdoor_ext.functional.cepa_math import max_statistic_pvalue, update_norm_plateau, update_penalty_weight
@@ -97,56 +97,6 @@ def candidate_layers(model: nn.Module, n: int = 3) -> list[str]:
         raise InvalidParameterError("the model has no internal layer to analyse; pass layers=[<name>, ...]")
     picks = np.unique(np.round(np.linspace(0, len(names) - 1, min(n, len(names)))).astype(int))
     return [names[i] for i in picks]
-
-
-@dataclass
-class CEPAReport:
-    """Result of :meth:`CEPA.scan`.
-
-    :ivar detected: True when the (Sidak-corrected) p-value is below ``significance`` (``inference="p-value"``)
-        or the anomaly index exceeds ``anomaly_threshold`` (``inference="mad"``).
-    :ivar p_value: ``1 - (1 - p_min)^m`` over the m tests (variant x layer); the raw ones are in ``tests``.
-    :ivar anomaly_index: MAD anomaly index of the chosen test's most extreme statistic.
-    :ivar target: putative target class of the most extreme test.
-    :ivar source: its source class for the pair variant; None for the all-to-one variant (pooled sources).
-    :ivar variant: ``"pairs"`` or ``"all-to-one"``, the variant of the most extreme test.
-    :ivar layer: the layer of the most extreme test (the layer ``mu`` lives in).
-    :ivar mu: the common embedded perturbation of the chosen problem, shaped like the layer's output (no batch).
-    :ivar misclassification: fraction of the chosen problem's clean samples sent to the target by its deltas
-        (the ASR of the Eq. 1 perturbations on the clean set).
-    :ivar statistics: ``statistics[variant][layer]`` -> dict of arrays: ``ratio`` (sigma / ||mu||), ``mu_norm``,
-        ``sigma``, ``misclassification``, ``reached``, ``iterations``, ``delta_norm`` (mean L2 norm of the deltas),
-        ``lam`` (final lambda), ``anomaly_index``; (K, K) matrices (row source, column target, NaN diagonal) for
-        ``"pairs"``, (K,) vectors for ``"all-to-one"``.
-    :ivar tests: one dict per (variant, layer): ``p_value`` (uncorrected), ``anomaly_index``, ``source``,
-        ``target``.
-    """
-
-    detected: bool
-    p_value: float
-    anomaly_index: float
-    target: int
-    source: int | None
-    variant: str
-    layer: str
-    mu: np.ndarray
-    misclassification: float
-    statistic: str
-    layers: list[str]
-    statistics: dict[str, dict[str, dict[str, np.ndarray]]]
-    tests: list[dict[str, Any]]
-    significance: float
-    seconds: float
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_builtin({
-            "detected": self.detected, "p_value": self.p_value, "anomaly_index": self.anomaly_index,
-            "target": self.target, "source": self.source, "variant": self.variant, "layer": self.layer,
-            "mu": self.mu, "misclassification": self.misclassification, "statistic": self.statistic,
-            "layers": self.layers, "statistics": self.statistics, "tests": self.tests,
-            "significance": self.significance, "seconds": self.seconds, "settings": self.settings,
-        })
 
 
 class CEPA(ModelScanner):
@@ -246,8 +196,6 @@ class CEPA(ModelScanner):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if self.classifier.clip_values is None:
-            raise InvalidParameterError("CEPA needs a classifier with clip_values (the valid input range)")
         self._resolved_layers()
 
     def _resolved_layers(self) -> list[str]:

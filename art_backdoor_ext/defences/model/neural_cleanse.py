@@ -34,7 +34,6 @@ import numpy as np
 from art_backdoor_ext._validation import Instance, Interval
 from art_backdoor_ext.defences.base import ModelScanner, to_builtin
 from art_backdoor_ext.defences.model.perturbation import MaskPattern, PerturbationEngine, Problems, target_problems
-from art_backdoor_ext.exceptions import InvalidParameterError
 from art_backdoor_ext.functional.robust import mad_anomaly_index
 
 __all__ = ["PyTorchNeuralCleanse", "NeuralCleanseReport"]
@@ -144,13 +143,6 @@ class PyTorchNeuralCleanse(ModelScanner):
         self.random_state = random_state
         self.verbose = verbose
         self._check_params()
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        if self.classifier.clip_values is None:
-            raise InvalidParameterError(
-                f"{type(self).__name__} needs a classifier with clip_values (the valid pixel range bounds the "
-                "reverse-engineered pattern), got clip_values=None")
 
     # ------------------------------------------------------------------------------------------------
     def _seeds(self) -> tuple[int, int]:

@@ -1,0 +1,62 @@
+"""The result dataclass of :class:`~art_backdoor_ext.defences.model.cepa.CEPA`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from art_backdoor_ext.defences.base import to_builtin
+
+__all__ = ["CEPAReport"]
+
+
+@dataclass
+class CEPAReport:
+    """Result of :meth:`CEPA.scan`.
+
+    :ivar detected: True when the (Sidak-corrected) p-value is below ``significance`` (``inference="p-value"``)
+        or the anomaly index exceeds ``anomaly_threshold`` (``inference="mad"``).
+    :ivar p_value: ``1 - (1 - p_min)^m`` over the m tests (variant x layer); the raw ones are in ``tests``.
+    :ivar anomaly_index: MAD anomaly index of the chosen test's most extreme statistic.
+    :ivar target: putative target class of the most extreme test.
+    :ivar source: its source class for the pair variant; None for the all-to-one variant (pooled sources).
+    :ivar variant: ``"pairs"`` or ``"all-to-one"``, the variant of the most extreme test.
+    :ivar layer: the layer of the most extreme test (the layer ``mu`` lives in).
+    :ivar mu: the common embedded perturbation of the chosen problem, shaped like the layer's output (no batch).
+    :ivar misclassification: fraction of the chosen problem's clean samples sent to the target by its deltas
+        (the ASR of the Eq. 1 perturbations on the clean set).
+    :ivar statistics: ``statistics[variant][layer]`` -> dict of arrays: ``ratio`` (sigma / ||mu||), ``mu_norm``,
+        ``sigma``, ``misclassification``, ``reached``, ``iterations``, ``delta_norm`` (mean L2 norm of the deltas),
+        ``lam`` (final lambda), ``anomaly_index``; (K, K) matrices (row source, column target, NaN diagonal) for
+        ``"pairs"``, (K,) vectors for ``"all-to-one"``.
+    :ivar tests: one dict per (variant, layer): ``p_value`` (uncorrected), ``anomaly_index``, ``source``,
+        ``target``.
+    """
+
+    detected: bool
+    p_value: float
+    anomaly_index: float
+    target: int
+    source: int | None
+    variant: str
+    layer: str
+    mu: np.ndarray
+    misclassification: float
+    statistic: str
+    layers: list[str]
+    statistics: dict[str, dict[str, dict[str, np.ndarray]]]
+    tests: list[dict[str, Any]]
+    significance: float
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_builtin({
+            "detected": self.detected, "p_value": self.p_value, "anomaly_index": self.anomaly_index,
+            "target": self.target, "source": self.source, "variant": self.variant, "layer": self.layer,
+            "mu": self.mu, "misclassification": self.misclassification, "statistic": self.statistic,
+            "layers": self.layers, "statistics": self.statistics, "tests": self.tests,
+            "significance": self.significance, "seconds": self.seconds, "settings": self.settings,
+        })
