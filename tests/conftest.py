@@ -21,13 +21,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def _single_threaded_blas():
-    """Tiny models and matrices: one BLAS and one torch thread avoid oversubscription on 2-core machines."""
+    """Tiny models and matrices: one BLAS/OpenMP and one torch thread avoid oversubscription on 2-core machines."""
     from threadpoolctl import threadpool_limits
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with threadpool_limits(limits=1):
             yield
     finally:
         torch.set_num_threads(threads)

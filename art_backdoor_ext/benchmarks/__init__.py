@@ -85,6 +85,24 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def seeded_victim_setup(seed: int, data: Any, cfg: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """A fresh reference classifier seeded by ``seed`` and the training data (a seeded subset of
+    ``cfg["train"]`` images when set): the start every benchmark victim shares."""
+    import numpy as np
+    import torch
+
+    from art_backdoor_ext.models import build_model, make_classifier
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clf = make_classifier(build_model(cfg["arch"], random_state=seed))
+    x, y = data.x_train, data.y_train
+    if cfg.get("train") is not None:
+        keep = np.random.default_rng(seed).choice(len(x), size=cfg["train"], replace=False)
+        x, y = x[keep], y[keep]
+    return clf, x, y
+
+
 BENCHMARKS: dict[str, Callable[..., BenchmarkReport]] = {}
 
 

@@ -20,13 +20,11 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-import torch
 
 from art_backdoor_ext.attacks.triggers import chessboard_trigger, sparse_pixel_trigger
-from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark
+from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark, seeded_victim_setup
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
-from art_backdoor_ext.models import build_model, make_classifier
 from art_backdoor_ext.training import fit_classifier, train_victim
 
 logger = logging.getLogger(__name__)
@@ -79,13 +77,7 @@ def _victim(group: str, seed: int, data: Any, cfg: dict[str, Any]) -> tuple[Any,
     rng = np.random.default_rng(1000 + seed)
     target = int(rng.integers(10))
     others = [c for c in range(10) if c != target]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        clf = make_classifier(build_model(cfg["arch"], random_state=seed))
-    x, y = data.x_train, data.y_train
-    if cfg["train"] is not None:
-        keep = np.random.default_rng(seed).choice(len(x), size=cfg["train"], replace=False)
-        x, y = x[keep], y[keep]
+    clf, x, y = seeded_victim_setup(seed, data, cfg)
     if group == "Clean":
         fit_classifier(clf, x, y, nb_epochs=cfg["epochs"], learning_rate=cfg["lr"], random_state=seed)
         return clf, None, []

@@ -22,13 +22,11 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from art_backdoor_ext.attacks import triggers
-from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark
+from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark, seeded_victim_setup
 from art_backdoor_ext.datasets import load_dataset
 from art_backdoor_ext.defences.model.cepa import CEPA
-from art_backdoor_ext.models import build_model, make_classifier
 from art_backdoor_ext.training import fit_classifier, train_victim
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -62,13 +60,7 @@ def _split(y: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.nda
 
 
 def _victim(group: str, seed: int, data: Any, cfg: dict[str, Any]) -> tuple[Any, int | None, float | None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        clf = make_classifier(build_model(cfg["arch"], random_state=seed))
-    x, y = data.x_train, data.y_train
-    if cfg["train"] is not None:
-        keep = np.random.default_rng(seed).choice(len(x), size=cfg["train"], replace=False)
-        x, y = x[keep], y[keep]
+    clf, x, y = seeded_victim_setup(seed, data, cfg)
     if group == "clean":
         fit_classifier(clf, x, y, nb_epochs=cfg["epochs"], learning_rate=cfg["lr"], random_state=seed)
         return clf, None, None

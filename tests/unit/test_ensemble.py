@@ -22,15 +22,6 @@ def _factory(i: int) -> nn.Module:
     return DigitsCNN(width=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a loaded 2-core machine: one intra-op thread avoids OpenMP oversubscription (10x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def subsets(digits):
     rng = np.random.default_rng(0)

@@ -15,14 +15,6 @@ from art_backdoor_ext.models import DigitsCNN
 FAST = {"n_shadow_models": 6, "shadow_epochs": 40, "shadow_learning_rate": 3e-3, "meta_epochs": 60}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def white_patch(x):
     out = x.copy()
     out[..., -2:, -2:] = 1.0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -54,21 +53,6 @@ def _train(x: np.ndarray, y: np.ndarray, seed: int, epochs: int = 15) -> nn.Modu
                 nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
                 optimiser.step()
     return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded() -> Iterator[None]:
-    """One BLAS / OpenMP / torch thread: the per-class matrices are tiny, and on a busy 2-core machine
-    multi-threaded OpenBLAS is many times slower on them. Restored after the module."""
-    from threadpoolctl import threadpool_limits
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

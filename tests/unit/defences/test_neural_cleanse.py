@@ -25,17 +25,8 @@ def white_patch(x: np.ndarray) -> np.ndarray:
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a loaded machine run many times faster on one intra-op thread (no oversubscription)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def victim(one_torch_thread):
+def victim():
     """DigitsCNN with a 2x2 white bottom-right patch backdoor, all-to-one, target 0, and 10 clean per class."""
     data = load_digits()
     with torch.random.fork_rng(devices=[]):
