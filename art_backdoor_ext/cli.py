@@ -134,6 +134,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             out = Path(args.output)
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{name}-{args.profile}.json").write_text(json.dumps(report.to_dict(), indent=2))
+            for path in report.save_figures(out):
+                print(f"figure: {path}")
     return 0
 
 
@@ -185,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--profile", choices=["fast", "full"], default="fast")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--models", type=int, default=None, help="override the profile's victims per group")
-    bench.add_argument("--output", help="folder for JSON results")
+    bench.add_argument("--output", help="folder for JSON results and figures")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(func=_cmd_bench)
     return parser

@@ -9,7 +9,7 @@ import numpy as np
 
 from art_backdoor_ext.exceptions import InvalidParameterError
 
-__all__ = ["plot_order_statistic"]
+__all__ = ["plot_order_statistic", "cepa_evidence_by_target", "plot_cepa_statistics", "plot_trigger_estimate"]
 
 
 def _pyplot() -> Any:
@@ -49,6 +49,117 @@ def plot_order_statistic(report: Any, path: str | Path | None = None) -> Any:
     ax.set_ylabel("density")
     ax.set_title("AD: " + ("backdoor detected" if report.detected else "no backdoor detected"))
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def cepa_evidence_by_target(report: Any, variant: str, layer: str) -> np.ndarray:
+    """Per putative target class, the evidence CEPA tests (large = backdoor-like): ``||mu|| / sigma`` for the
+    consensus statistic, ``||mu||`` for the norm statistic; for the pair variant the largest over source classes.
+
+    :param report: A :class:`~art_backdoor_ext.defences.model.cepa_report.CEPAReport`.
+    :return: (K,) float array, NaN where a target has no finite value.
+    """
+    if variant not in report.statistics or layer not in report.statistics[variant]:
+        raise InvalidParameterError(
+            f"the report has no statistics for variant {variant!r} at layer {layer!r}; it has "
+            + ", ".join(f"{v}@{lay}" for v, by_layer in report.statistics.items() for lay in by_layer)
+        )
+    stats = report.statistics[variant][layer]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = np.asarray(stats["mu_norm"], float)
+        if report.statistic == "consensus":
+            values = values / np.asarray(stats["sigma"], float)
+    values = np.where(np.isfinite(values), values, np.nan)
+    if values.ndim == 2:
+        finite = np.isfinite(values).any(axis=0)
+        out = np.full(values.shape[1], np.nan)
+        out[finite] = np.nanmax(values[:, finite], axis=0)
+        return out
+    return values
+
+
+def plot_cepa_statistics(report: Any, true_target: int | None = None, path: str | Path | None = None) -> Any:
+    """The paper's Fig. 1-4 layout: one bar per putative target class, one panel per (variant, layer) test.
+
+    The bar of the reported target is red when the model is flagged (grey-red otherwise); ``true_target``, when
+    known (benchmarks), is outlined in black.
+
+    :param report: A :class:`~art_backdoor_ext.defences.model.cepa_report.CEPAReport`.
+    :param true_target: The attack's target class, if known.
+    :param path: Save the figure there; the figure is returned either way.
+    """
+    plt = _pyplot()
+    panels = [(variant, layer) for variant, by_layer in report.statistics.items() for layer in by_layer]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
+    label = "||mu|| / sigma" if report.statistic == "consensus" else "||mu||"
+    for ax, (variant, layer) in zip(axes[0], panels):
+        values = cepa_evidence_by_target(report, variant, layer)
+        k = len(values)
+        colours = ["#8aa"] * k
+        if variant == report.variant and layer == report.layer:
+            colours[report.target] = "#c33" if report.detected else "#c99"
+        bars = ax.bar(np.arange(k), np.nan_to_num(values), color=colours)
+        if true_target is not None:
+            bars[true_target].set_edgecolor("k")
+            bars[true_target].set_linewidth(2)
+        ax.set_xticks(np.arange(k))
+        ax.set_xlabel("putative target class")
+        ax.set_title(f"{variant} @ {layer}", fontsize=9)
+    axes[0][0].set_ylabel(label)
+    verdict = "backdoor detected" if report.detected else "no backdoor detected"
+    fig.suptitle(f"CEPA: {verdict} (target {report.target}, p={report.p_value:.2g})", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_trigger_estimate(x: np.ndarray, delta: np.ndarray, x_triggered: np.ndarray | None = None,
+                          n: int = 4, path: str | Path | None = None) -> Any:
+    """The paper's Fig. 5 layout: clean images, the estimated trigger (``x + delta``) and, when given, the true
+    trigger, with the perturbations themselves below (``delta`` and ``x_triggered - x``).
+
+    :param x: Clean images (N, C, H, W) in [0, 1].
+    :param delta: Estimated perturbations, same shape (e.g. from ``CEPA.estimate_trigger``).
+    :param x_triggered: The same images with the attack's true trigger, if known.
+    :param n: Number of images (columns).
+    :param path: Save the figure there; the figure is returned either way.
+    """
+    x, delta = np.asarray(x), np.asarray(delta)
+    if x.shape != delta.shape or x.ndim != 4:
+        raise InvalidParameterError(f"x and delta must be (N, C, H, W) arrays of one shape, got {x.shape} and "
+                                    f"{delta.shape}")
+    if x_triggered is not None and np.shape(x_triggered) != x.shape:
+        raise InvalidParameterError(f"x_triggered has shape {np.shape(x_triggered)}, x has {x.shape}")
+    plt = _pyplot()
+    n = max(1, min(n, len(x)))
+    rows = [("clean", x), ("estimated x + delta", np.clip(x + delta, 0, 1)), ("estimated delta", delta)]
+    if x_triggered is not None:
+        x_triggered = np.asarray(x_triggered)
+        rows[2:2] = [("true trigger", x_triggered)]
+        rows.append(("true difference", x_triggered - x))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 1.2, 1.3 * len(rows)), squeeze=False)
+    for r, (title, images) in enumerate(rows):
+        signed = "delta" in title or "difference" in title
+        for c in range(n):
+            img = images[c].transpose(1, 2, 0)
+            ax = axes[r][c]
+            if img.shape[-1] == 1:
+                img = img[..., 0]
+                if signed:
+                    bound = float(np.abs(images[:n]).max()) or 1.0
+                    ax.imshow(img, cmap="RdBu_r", vmin=-bound, vmax=bound)
+                else:
+                    ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            else:
+                shown = 0.5 + img / (2 * (float(np.abs(images[:n]).max()) or 1.0)) if signed else img
+                ax.imshow(np.clip(shown, 0, 1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(title, fontsize=7)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

@@ -43,6 +43,20 @@ class BenchmarkReport:
     machine: str = field(default_factory=machine_description)
     date: str = field(default_factory=lambda: _dt.date.today().isoformat())
     seconds: float = 0.0
+    figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure; not part of to_dict()
+
+    def save_figures(self, folder: str | Any) -> list[str]:
+        """Write every figure as ``<folder>/<benchmark>-<profile>-<name>.png``; returns the paths."""
+        from pathlib import Path
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for fig_name, fig in self.figures.items():
+            path = out / f"{self.name}-{self.profile}-{fig_name}.png"
+            fig.savefig(path, dpi=110)
+            paths.append(str(path))
+        return paths
 
     def to_dict(self) -> dict[str, Any]:
         return {

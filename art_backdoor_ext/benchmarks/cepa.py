@@ -18,6 +18,7 @@ class (as in the paper), both variants, 200 iterations.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -27,7 +28,10 @@ from art_backdoor_ext.attacks import triggers
 from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark, seeded_victim_setup
 from art_backdoor_ext.datasets import load_dataset
 from art_backdoor_ext.defences.model.cepa import CEPA
+from art_backdoor_ext.exceptions import InvalidParameterError
 from art_backdoor_ext.training import fit_classifier, train_victim
+
+logger = logging.getLogger(__name__)
 
 PROFILES: dict[str, dict[str, Any]] = {
     "fast": {"dataset": "digits", "models": 2, "per_class": 10, "train": None, "epochs": 12, "lr": 3e-3,
@@ -87,6 +91,20 @@ def _speed(det: CEPA, x: np.ndarray, y: np.ndarray, iters: int) -> dict[str, Any
             "one_pair_loop_s": t_loop, "speedup": t_loop / t_batched, "max_relative_difference": diff}
 
 
+def _draw(figures: dict[str, Any], group: str, report: Any, target: int | None, x_new: np.ndarray,
+          delta: np.ndarray, seed: int, cfg: dict[str, Any]) -> None:
+    """Fig. 1-4 (bars per putative target and layer) and Fig. 5 (estimated against true trigger) for the first
+    victim of a group; skipped without matplotlib."""
+    try:
+        from art_backdoor_ext.plotting import plot_cepa_statistics, plot_trigger_estimate
+
+        figures[f"statistics-{group}"] = plot_cepa_statistics(report, true_target=target)
+        true = None if group == "clean" else _trigger(group, seed, cfg)(x_new[:4]).astype(np.float32)
+        figures[f"trigger-{group}"] = plot_trigger_estimate(x_new[:4], delta[:4], true, n=4)
+    except InvalidParameterError as err:  # matplotlib missing
+        logger.info("no CEPA figures: %s", err)
+
+
 @register_benchmark("cepa")
 def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | None = None) -> BenchmarkReport:
     cfg = dict(PROFILES[profile])
@@ -96,6 +114,7 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
     rows: list[dict[str, Any]] = []
     victims: list[dict[str, Any]] = []
     speed_row: dict[str, Any] | None = None
+    report_figures: dict[str, Any] = {}
     for g, group in enumerate(GROUPS):
         outcomes = []
         for m in range(cfg["models"]):
@@ -113,6 +132,8 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
             found = bool(report.detected and report.target == target) if target is not None else None
             outcomes.append({"found": found, "detected": report.detected, "p": report.p_value,
                              "eq1": report.misclassification, "eq3": eq3, "gt": gt_asr, "seconds": report.seconds})
+            if m == 0:
+                _draw(report_figures, group, report, target, x_new, delta, seed, cfg)
             victims.append({"group": group, "seed": seed, "target": target, "detected": report.detected,
                             "found_target": report.target, "variant": report.variant, "layer": report.layer,
                             "p_value": report.p_value, "gt_asr": gt_asr})
@@ -137,6 +158,7 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
         "CEPA detection (all-to-one attacks, significance 0.05)": rows,
         "speed: batched optimisation vs one pair at a time (same settings)": [speed_row or {}],
         "victims": victims})
+    report.figures = report_figures
     report.notes += [
         f"dataset {data.name}, {cfg['models']} victims per group, {cfg['per_class']} clean images per class from the "
         f"test split, CEPA variant {cfg['variant']!r}, {cfg['max_iter']} iterations, default layers",

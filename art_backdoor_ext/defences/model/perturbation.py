@@ -411,33 +411,17 @@ class PerturbationEngine:
             handle.remove()
 
     def _run_chunk(self, x_t: torch.Tensor, y_t: torch.Tensor, problems: Problems) -> dict[str, Any]:
+        """Algorithm 1 for the problems of one chunk, all in one forward pass per iteration."""
         p = len(problems)
         idx = torch.as_tensor(problems.indices, device=self.device)
-        valid = idx >= 0
         x_groups = x_t[idx.clamp_min(0)]  # (P, n, C, H, W)
         targets = torch.as_tensor(problems.targets, device=self.device)
-        params = self.parametrisation.init(p, self._feature_shape(x_t), self.device)
-        if self.objective == "Jc":
-            with torch.no_grad():
-                clean_logits = self.classifier.model(preprocess(self.classifier, x_groups.flatten(0, 1)))
-                clean_pred = clean_logits.view(p, x_groups.shape[1], -1).argmax(-1)
-            sources = y_t[idx.clamp_min(0)]
-            valid = valid & (clean_pred == sources)
-            valid = torch.where(valid.any(1, keepdim=True), valid, idx >= 0)
+        valid = self._counted_samples(idx, x_groups, y_t)
         counts = valid.sum(1).clamp_min(1)
-
-        active = torch.ones(p, dtype=torch.bool, device=self.device)
-        best: dict[str, Any] = {"l1": torch.full((p,), float("nan"), device=self.device),
-                "l2": torch.full((p,), float("nan"), device=self.device),
-                "rho": torch.zeros(p, device=self.device),
-                "it": torch.zeros(p, dtype=torch.long, device=self.device),
-                "pattern": None}
-        reached_ever = torch.zeros(p, dtype=torch.bool, device=self.device)
-        trace_l1 = torch.full((self.max_iter + 1, p), float("nan"))
-        trace_l2 = torch.full((self.max_iter + 1, p), float("nan"))
-        trace_rho = torch.full((self.max_iter + 1, p), float("nan"))
-        rho0 = torch.zeros(p)
+        params = self.parametrisation.init(p, self._feature_shape(x_t), self.device)
         stops = self.parametrisation.stops_at_target
+        state = _ChunkState(p, self.max_iter, self.device)
+        active = torch.ones(p, dtype=torch.bool, device=self.device)
         for it in range(self.max_iter + 1):
             act = torch.nonzero(active).flatten() if stops else torch.arange(p, device=self.device)
             if len(act) == 0:
@@ -446,59 +430,45 @@ class PerturbationEngine:
             logits = self._logits(sub, x_groups[act])
             hit = (logits.argmax(-1) == targets[act, None]) & valid[act]
             rho = hit.sum(1) / counts[act]
-            l1, l2 = self.parametrisation.sizes(sub)
-            trace_l1[it, act.cpu()] = l1.detach().cpu()
-            trace_l2[it, act.cpu()] = l2.detach().cpu()
-            trace_rho[it, act.cpu()] = rho.detach().cpu()
-            if it == 0:
-                rho0[act.cpu()] = rho.detach().cpu()
+            l1, l2 = (v.detach() for v in self.parametrisation.sizes(sub))
+            state.trace(it, act, l1, l2, rho.detach())
             reached = rho >= self.target_misclassification
-            capped = (l2 >= self.max_size_l2) | torch.tensor(it == self.max_iter, device=self.device)
-            if stops:
-                finish = reached | capped
-                done = act[finish]
-                best["l1"][done], best["l2"][done] = l1.detach()[finish], l2.detach()[finish]
-                best["rho"][done], best["it"][done] = rho.detach()[finish], it
-                reached_ever[done] = reached[finish]
-                if best["pattern"] is None:
-                    best["pattern"] = torch.zeros_like(self.parametrisation.pattern([q.detach() for q in params]))
-                best["pattern"][done] = self.parametrisation.pattern([q.detach()[done] for q in params])
-                active[done] = False
+            pattern = self.parametrisation.pattern([q.detach() for q in params])
+            if stops:  # Additive: a problem stops at the target or the size cap (Algorithm 1)
+                finish = reached | (l2 >= self.max_size_l2) | (it == self.max_iter)
+                state.keep(act[finish], l1[finish], l2[finish], rho.detach()[finish], it, pattern[act[finish]])
+                state.reached_ever[act[finish]] = reached[finish]
+                active[act[finish]] = False
                 step_mask = ~finish
-            else:
-                improve = reached & (torch.isnan(best["l1"]) | (l1.detach() < best["l1"]))
-                if best["pattern"] is None:
-                    best["pattern"] = self.parametrisation.pattern([q.detach() for q in params]).clone()
-                best["l1"][improve], best["l2"][improve] = l1.detach()[improve], l2.detach()[improve]
-                best["rho"] = torch.where(improve, rho.detach(), best["rho"])
-                best["it"][improve] = it
-                best["pattern"][improve] = self.parametrisation.pattern([q.detach()[improve] for q in params])
-                reached_ever |= reached
-                step_mask = torch.ones_like(reached)
+            else:  # MaskPattern: run to max_iter, keep the smallest perturbation that reached the target
+                improve = reached & (torch.isnan(state.l1) | (l1 < state.l1))
+                state.keep(act[improve], l1[improve], l2[improve], rho.detach()[improve], it, pattern[improve])
+                state.reached_ever |= reached
                 if it == self.max_iter:
                     break
-            if not step_mask.any():
-                continue
-            loss = self._objective(logits, targets[act], valid[act], hit, counts[act])
-            loss = (loss + self.parametrisation.penalty(sub))[step_mask].sum()
-            loss.backward()
-            with torch.no_grad():
-                mask_full = torch.zeros(p, dtype=torch.bool, device=self.device)
-                mask_full[act[step_mask]] = True
-                reached_full = torch.zeros(p, dtype=torch.bool, device=self.device)
-                reached_full[act] = reached
-                self.parametrisation.update(params, mask_full, reached_full)
+                step_mask = torch.ones_like(reached)
+            if step_mask.any():
+                loss = self._objective(logits, targets[act], valid[act], hit, counts[act])
+                ((loss + self.parametrisation.penalty(sub))[step_mask]).sum().backward()
+                with torch.no_grad():
+                    self.parametrisation.update(params, _scatter(act[step_mask], p), _scatter(act[reached], p))
         if not stops:
-            never = torch.isnan(best["l1"])
-            final = self.parametrisation.sizes([q.detach() for q in params])
-            best["l1"][never], best["l2"][never] = final[0][never], final[1][never]
-            best["it"][never] = self.max_iter
-        last = int(torch.max(best["it"]).item()) + 1
-        return {"l1": best["l1"].cpu().numpy(), "l2": best["l2"].cpu().numpy(), "rho": best["rho"].cpu().numpy(),
-                "rho0": rho0.numpy(), "reached": reached_ever.cpu().numpy(), "it": best["it"].cpu().numpy(),
-                "pattern": best["pattern"].cpu().numpy() if best["pattern"] is not None else None,
-                "trace_l1": trace_l1[:last].numpy(), "trace_l2": trace_l2[:last].numpy(),
-                "trace_rho": trace_rho[:last].numpy()}
+            final = [q.detach() for q in params]
+            l1_end, l2_end = self.parametrisation.sizes(final)
+            state.fill_unreached(l1_end, l2_end, self.max_iter, self.parametrisation.pattern(final))
+        return state.to_numpy()
+
+    def _counted_samples(self, idx: torch.Tensor, x_groups: torch.Tensor, y_t: torch.Tensor) -> torch.Tensor:
+        """(P, n) mask of the samples that count: all real ones; for Jc (Eq. 6) only those the model classifies
+        correctly without perturbation (all real ones for a problem where it gets none right)."""
+        valid = idx >= 0
+        if self.objective != "Jc":
+            return valid
+        with torch.no_grad():
+            clean_logits = self.classifier.model(preprocess(self.classifier, x_groups.flatten(0, 1)))
+            clean_pred = clean_logits.view(x_groups.shape[0], x_groups.shape[1], -1).argmax(-1)
+        correct = valid & (clean_pred == y_t[idx.clamp_min(0)])
+        return torch.where(correct.any(1, keepdim=True), correct, valid)
 
     def _objective(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, hit: torch.Tensor,
                    counts: torch.Tensor) -> torch.Tensor:
@@ -511,6 +481,58 @@ class PerturbationEngine:
         p_t = torch.softmax(logits, -1).gather(-1, targets.view(-1, 1, 1).expand(-1, logits.shape[1], 1))[..., 0]
         weight = valid & ~hit if self.objective == "Jp" else valid
         return -(p_t * weight).sum(1) / weight.sum(1).clamp_min(1)
+
+
+def _scatter(rows: torch.Tensor, p: int) -> torch.Tensor:
+    """Boolean (p,) mask, True at ``rows``."""
+    mask = torch.zeros(p, dtype=torch.bool, device=rows.device)
+    mask[rows] = True
+    return mask
+
+
+class _ChunkState:
+    """What one chunk of problems records: the per-iteration trace and each problem's kept (final) state."""
+
+    def __init__(self, p: int, max_iter: int, device: torch.device) -> None:
+        self.l1 = torch.full((p,), float("nan"), device=device)
+        self.l2 = torch.full((p,), float("nan"), device=device)
+        self.rho = torch.zeros(p, device=device)
+        self.it = torch.zeros(p, dtype=torch.long, device=device)
+        self.pattern: torch.Tensor | None = None
+        self.reached_ever = torch.zeros(p, dtype=torch.bool, device=device)
+        self.trace_l1, self.trace_l2, self.trace_rho = (torch.full((max_iter + 1, p), float("nan")) for _ in range(3))
+        self.rho0 = torch.zeros(p)
+
+    def trace(self, it: int, rows: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor, rho: torch.Tensor) -> None:
+        rows_cpu = rows.cpu()
+        self.trace_l1[it, rows_cpu], self.trace_l2[it, rows_cpu] = l1.cpu(), l2.cpu()
+        self.trace_rho[it, rows_cpu] = rho.cpu()
+        if it == 0:
+            self.rho0[rows_cpu] = rho.cpu()
+
+    def keep(self, rows: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor, rho: torch.Tensor, it: int,
+             pattern: torch.Tensor) -> None:
+        """Record the state of problems ``rows`` at iteration ``it`` (``pattern`` holds their patterns only)."""
+        if self.pattern is None:
+            self.pattern = torch.zeros((len(self.l1),) + tuple(pattern.shape[1:]), device=pattern.device)
+        self.l1[rows], self.l2[rows], self.rho[rows], self.it[rows] = l1, l2, rho, it
+        self.pattern[rows] = pattern
+
+    def fill_unreached(self, l1: torch.Tensor, l2: torch.Tensor, max_iter: int, pattern: torch.Tensor) -> None:
+        """Problems that never reached the target report their final size (and pattern)."""
+        never = torch.isnan(self.l1)
+        self.l1[never], self.l2[never], self.it[never] = l1[never], l2[never], max_iter
+        if self.pattern is None:
+            self.pattern = pattern.clone()
+        self.pattern[never] = pattern[never]
+
+    def to_numpy(self) -> dict[str, Any]:
+        last = int(torch.max(self.it).item()) + 1
+        return {"l1": self.l1.cpu().numpy(), "l2": self.l2.cpu().numpy(), "rho": self.rho.cpu().numpy(),
+                "rho0": self.rho0.numpy(), "reached": self.reached_ever.cpu().numpy(), "it": self.it.cpu().numpy(),
+                "pattern": self.pattern.cpu().numpy() if self.pattern is not None else None,
+                "trace_l1": self.trace_l1[:last].numpy(), "trace_l2": self.trace_l2[:last].numpy(),
+                "trace_rho": self.trace_rho[:last].numpy()}
 
 
 def _concat(problems: Problems, parts: list[dict[str, Any]]) -> EngineResult:

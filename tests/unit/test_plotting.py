@@ -1,0 +1,72 @@
+"""Plots draw what the result objects hold (synthetic reports, no model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from art_backdoor_ext.defences.model.cepa_report import CEPAReport  # noqa: E402
+from art_backdoor_ext.exceptions import InvalidParameterError  # noqa: E402
+from art_backdoor_ext.plotting import cepa_evidence_by_target, plot_cepa_statistics, plot_trigger_estimate  # noqa: E402
+
+
+def _report(statistic: str = "consensus", detected: bool = True) -> CEPAReport:
+    rng = np.random.default_rng(0)
+    k = 4
+    pair_norm, pair_sigma = rng.uniform(1, 2, (k, k)), rng.uniform(1, 2, (k, k))
+    np.fill_diagonal(pair_norm, np.nan)
+    np.fill_diagonal(pair_sigma, np.nan)
+    pair_norm[1, 2], pair_sigma[1, 2] = 10.0, 0.5  # one outstanding pair -> target 2
+    pooled_norm, pooled_sigma = rng.uniform(1, 2, k), rng.uniform(1, 2, k)
+    return CEPAReport(
+        detected=detected, p_value=0.01, anomaly_index=3.0, target=2, source=1, variant="pairs", layer="relu1",
+        mu=np.zeros(3), misclassification=0.9, statistic=statistic, layers=["relu1"],
+        statistics={"pairs": {"relu1": {"mu_norm": pair_norm, "sigma": pair_sigma}},
+                    "all-to-one": {"relu1": {"mu_norm": pooled_norm, "sigma": pooled_sigma}}},
+        tests=[], significance=0.05, seconds=0.0)
+
+
+def test_evidence_is_the_largest_ratio_over_sources_for_pairs():
+    report = _report()
+    stats = report.statistics["pairs"]["relu1"]
+    expected = [max(stats["mu_norm"][s, t] / stats["sigma"][s, t] for s in range(4) if s != t) for t in range(4)]
+    np.testing.assert_allclose(cepa_evidence_by_target(report, "pairs", "relu1"), expected)
+    pooled = report.statistics["all-to-one"]["relu1"]
+    np.testing.assert_allclose(cepa_evidence_by_target(report, "all-to-one", "relu1"),
+                               pooled["mu_norm"] / pooled["sigma"])
+
+
+def test_norm_statistic_plots_the_norm():
+    report = _report("norm")
+    np.testing.assert_allclose(cepa_evidence_by_target(report, "all-to-one", "relu1"),
+                               report.statistics["all-to-one"]["relu1"]["mu_norm"])
+
+
+def test_unknown_panel_lists_the_available_ones():
+    with pytest.raises(InvalidParameterError, match="pairs@relu1"):
+        cepa_evidence_by_target(_report(), "pairs", "relu9")
+
+
+def test_bar_chart_has_one_panel_per_test_and_marks_the_targets(tmp_path):
+    report = _report()
+    fig = plot_cepa_statistics(report, true_target=2, path=tmp_path / "cepa.png")
+    assert (tmp_path / "cepa.png").stat().st_size > 0
+    axes = [ax for ax in fig.axes if ax.patches]
+    assert len(axes) == 2
+    heights = [bar.get_height() for bar in axes[0].patches]
+    np.testing.assert_allclose(heights, cepa_evidence_by_target(report, "pairs", "relu1"))
+    colours = [bar.get_facecolor() for bar in axes[0].patches]
+    assert colours[2] != colours[0]  # the reported target stands out
+    assert axes[0].patches[2].get_linewidth() == 2  # the true target is outlined
+    assert all(c == axes[1].patches[0].get_facecolor() for c in (b.get_facecolor() for b in axes[1].patches))
+
+
+def test_trigger_figure_rows_follow_the_inputs():
+    x = np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32)
+    delta = 0.1 * np.ones_like(x)
+    assert len(plot_trigger_estimate(x, delta, n=2).axes) == 3 * 2
+    assert len(plot_trigger_estimate(x, delta, x_triggered=np.clip(x + 0.2, 0, 1), n=2).axes) == 5 * 2
+    with pytest.raises(InvalidParameterError, match="one shape"):
+        plot_trigger_estimate(x, delta[:2])
