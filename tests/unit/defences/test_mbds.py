@@ -12,7 +12,7 @@ from art_backdoor_ext.defences.sample import MBDS, MBDSPoisonFilter
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
 from art_backdoor_ext.models import DigitsCNN
 
-FAST = {"n_shadow_models": 6, "shadow_epochs": 40, "shadow_learning_rate": 3e-3, "meta_epochs": 60}
+FAST = {"n_shadow_models": 12, "shadow_epochs": 40, "shadow_learning_rate": 3e-3, "meta_epochs": 60}
 
 
 def white_patch(x):
@@ -50,7 +50,10 @@ def test_triggered_inputs_score_higher_and_frr_near_target(fitted, split):
     x_trig = white_patch(xe[ye != 0])
     clean, trig = fitted.score(xe), fitted.score(x_trig)
     assert clean.shape == (150,) and np.all((clean >= 0) & (clean <= 1))
-    assert trig.mean() > clean.mean()
+    # ranking quality (Mann-Whitney AUC, computed here): a broken feature path or flipped labels gives <= 0.5;
+    # 12 shadow models on a 150-image shadow split reach about 0.77 (the benchmark measures detection rates)
+    auc = np.mean(trig[:, None] > clean[None, :]) + 0.5 * np.mean(trig[:, None] == clean[None, :])
+    assert auc >= 0.65
     report, is_backdoor = fitted.detect(xe)
     assert is_backdoor.dtype == bool and is_backdoor.shape == (150,)
     assert is_backdoor.mean() <= fitted.target_frr + 0.1  # FRR on unseen clean inputs near the target
@@ -75,7 +78,7 @@ def test_save_load_round_trip(fitted, split, badnets_victim, tmp_path):
     loaded = MBDS.load(path, badnets_victim.classifier)
     for source in ("shadow", "victim"):
         np.testing.assert_array_equal(loaded.score(xe, feature_source=source), fitted.score(xe, feature_source=source))
-    assert loaded.thresholds == fitted.thresholds and loaded.get_params()["n_shadow_models"] == 6
+    assert loaded.thresholds == fitted.thresholds and loaded.get_params()["n_shadow_models"] == 12
 
 
 class _Evil:
