@@ -129,7 +129,7 @@ def register_benchmark(name: str) -> Callable[[Callable[..., BenchmarkReport]], 
 
 
 def _load_all() -> None:
-    from art_backdoor_ext.benchmarks import acss, ad, cepa, mbds  # noqa: F401  (importing registers them)
+    from art_backdoor_ext.benchmarks import acss, ad, cepa, ensemble, mbds  # noqa: F401  (importing registers them)
 
 
 def available_benchmarks() -> list[str]:
