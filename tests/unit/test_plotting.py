@@ -68,5 +68,10 @@ def test_trigger_figure_rows_follow_the_inputs():
     delta = 0.1 * np.ones_like(x)
     assert len(plot_trigger_estimate(x, delta, n=2).axes) == 3 * 2
     assert len(plot_trigger_estimate(x, delta, x_triggered=np.clip(x + 0.2, 0, 1), n=2).axes) == 5 * 2
+    fig = plot_trigger_estimate(x, delta, x_triggered=np.clip(x + 0.2, 0, 1), n=1)
+    cmaps = [ax.images[0].get_cmap().name for ax in fig.axes]
+    # images in gray on [0, 1], perturbations on a diverging map centred at 0
+    assert cmaps == ["gray", "gray", "gray", "RdBu_r", "RdBu_r"]
+    np.testing.assert_allclose(fig.axes[1].images[0].get_array(), np.clip(x[0, 0] + 0.1, 0, 1), rtol=1e-6)
     with pytest.raises(InvalidParameterError, match="one shape"):
         plot_trigger_estimate(x, delta[:2])
