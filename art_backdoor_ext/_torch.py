@@ -5,12 +5,14 @@
 - :func:`eval_mode` puts a model in eval mode and restores every module's previous mode afterwards.
 - :func:`preprocess` applies an ART classifier's preprocessing to a torch tensor, differentiably.
 - :func:`extract_features` runs a classifier over numpy data in batches and returns numpy features.
+- :func:`clone_classifier` wraps a deep copy of a classifier's model in a new classifier of the same settings.
 
 This module imports nothing from the rest of the package except the exceptions.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -28,7 +30,9 @@ __all__ = [
     "capture",
     "eval_mode",
     "resolve_layers",
+    "check_layer_list",
     "first_conv_activation",
+    "conv_activations",
     "layer_names",
     "classifier_device",
     "to_tensor",
@@ -38,6 +42,7 @@ __all__ = [
     "forward",
     "extract_features",
     "predict_logits",
+    "clone_classifier",
 ]
 
 
@@ -46,21 +51,42 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
+def conv_activations(model: nn.Module) -> list[tuple[str, str]]:
+    """``(convolution, activation)`` name pairs in registration order: each convolution with the first activation
+    module registered after it (before the next convolution or linear layer), or the convolution itself if none."""
+    names = [(name, module) for name, module in model.named_modules() if name]
+    pairs = []
+    for i, (name, module) in enumerate(names):
+        if isinstance(module, nn.Conv2d | nn.Conv1d):
+            activation = name
+            for later_name, later in names[i + 1:]:
+                if isinstance(later, nn.ReLU | nn.LeakyReLU | nn.GELU | nn.ELU | nn.SiLU | nn.Tanh | nn.Sigmoid):
+                    activation = later_name
+                    break
+                if isinstance(later, nn.Conv2d | nn.Conv1d | nn.Linear):
+                    break
+            pairs.append((name, activation))
+    return pairs
+
+
 def first_conv_activation(model: nn.Module) -> str:
     """Name of the first activation module after the first convolution (the conv itself if none follows).
 
     This is the "first convolutional layer" feature space that AD's internal-layer variant uses.
     """
-    names = [(name, module) for name, module in model.named_modules() if name]
-    for i, (name, module) in enumerate(names):
-        if isinstance(module, nn.Conv2d | nn.Conv1d):
-            for later_name, later in names[i + 1:]:
-                if isinstance(later, nn.ReLU | nn.LeakyReLU | nn.GELU | nn.ELU | nn.SiLU | nn.Tanh | nn.Sigmoid):
-                    return later_name
-                if isinstance(later, nn.Conv2d | nn.Conv1d | nn.Linear):
-                    break
-            return name
-    raise InvalidParameterError("the model has no convolution; pass layer=<name> or layer=None (input space)")
+    pairs = conv_activations(model)
+    if not pairs:
+        raise InvalidParameterError("the model has no convolution; pass layer=<name> or layer=None (input space)")
+    return pairs[0][1]
+
+
+def check_layer_list(model: nn.Module, names: Sequence[str], owner: str) -> None:
+    """``names`` must be a non-empty list of distinct layer names of ``model`` (an unknown one lists the valid)."""
+    if not names:
+        raise InvalidParameterError(f"{owner}: layers is empty; give at least one layer name")
+    if len(set(names)) != len(names):
+        raise InvalidParameterError(f"{owner}: layers has duplicates: {list(names)}")
+    resolve_layers(model, names)
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
@@ -206,3 +232,18 @@ def extract_features(
             if include_logits:
                 collected["logits"].append(to_numpy(logits))
     return {name: np.concatenate(parts, axis=0) for name, parts in collected.items()}
+
+
+def clone_classifier(classifier: PyTorchClassifier) -> PyTorchClassifier:
+    """A new classifier of the same type and settings wrapping a deep copy of ``classifier.model``.
+
+    The copy keeps the weights and the train/eval mode; a fresh optimizer of the original's type and defaults
+    is bound to it (none when the original has none). The original classifier and model are not touched.
+    """
+    params = classifier.get_params()
+    model = copy.deepcopy(classifier.model)
+    optimizer = params.get("optimizer")
+    params["model"] = model
+    params["loss"] = copy.deepcopy(params["loss"])
+    params["optimizer"] = None if optimizer is None else type(optimizer)(model.parameters(), **optimizer.defaults)
+    return type(classifier)(**params)

@@ -27,6 +27,7 @@ __all__ = [
     "check_images",
     "check_labels",
     "check_class_counts",
+    "seed_from",
 ]
 
 
@@ -139,10 +140,18 @@ class ParamsMixin:
         return {name: getattr(self, name) for name in self._parameter_constraints}
 
     def set_params(self, **kwargs: Any) -> None:
+        """Set validated hyper-parameters; when a value or a cross-parameter check is rejected, every parameter
+        keeps its previous value."""
         validate_parameters(type(self).__name__, kwargs, self._parameter_constraints)
-        for name, value in kwargs.items():
-            setattr(self, name, value)
-        self._check_params()
+        previous = self.get_params()
+        try:
+            for name, value in kwargs.items():
+                setattr(self, name, value)
+            self._check_params()
+        except Exception:
+            for name, value in previous.items():
+                setattr(self, name, value)
+            raise
 
     def _check_params(self) -> None:
         self._validate_own_parameters()
@@ -287,3 +296,13 @@ def check_callable(fn: Any, name: str) -> Callable[..., Any]:
     if not callable(fn):
         raise InvalidParameterError(f"{name} must be callable, got {_describe(fn)}")
     return fn
+
+
+def seed_from(random_state: int | np.random.Generator | None) -> int:
+    """An integer seed from a ``random_state`` parameter: the int itself, a draw from the generator, or fresh
+    entropy for ``None`` (never the global RNGs)."""
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**63))
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
+    return int(random_state)

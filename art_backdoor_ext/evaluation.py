@@ -88,7 +88,7 @@ class DefenceSpec:
     """A registered defence: ``run(context) -> list[DefenceOutcome]``; ``kind`` says what it outputs."""
 
     name: str
-    kind: str  # "poison-filter" | "model-scanner" | "sample-detector"
+    kind: str  # "poison-filter" | "model-scanner" | "sample-detector" | "transformer"
     run: Callable[[EvaluationContext], list[DefenceOutcome]]
     description: str
 
@@ -109,8 +109,9 @@ def register_attack(name: str, description: str) -> Callable[[TriggerBuilder], T
 
 def register_defence(name: str, kind: str, description: str) -> Callable[[Any], Any]:
     """Decorator registering a defence runner under ``name``."""
-    if kind not in ("poison-filter", "model-scanner", "sample-detector"):
-        raise InvalidParameterError(f"kind must be poison-filter, model-scanner or sample-detector, got {kind!r}")
+    if kind not in ("poison-filter", "model-scanner", "sample-detector", "transformer"):
+        raise InvalidParameterError(
+            f"kind must be poison-filter, model-scanner, sample-detector or transformer, got {kind!r}")
 
     def decorate(run: Callable[[EvaluationContext], list[DefenceOutcome]]) -> Any:
         DEFENCES[name] = DefenceSpec(name, kind, run, description)
@@ -137,6 +138,9 @@ class ResultRow:
     found_target: int | None
     true_target: int
     seconds: float
+    # transformers (a repaired model): BA/ASR of the returned model, from DefenceOutcome.extra
+    repaired_benign_accuracy: float | None = None
+    repaired_attack_success_rate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,7 +218,8 @@ def _row(attack: str, seed: int, spec: DefenceSpec, outcome: DefenceOutcome, vic
             outcome.is_flagged, truth)
     return ResultRow(attack, seed, spec.name, spec.kind, outcome.layer, victim.benign_accuracy,
                      victim.attack_success_rate, p, r, f1, outcome.detected, outcome.found_target,
-                     victim.data.target, seconds)
+                     victim.data.target, seconds, outcome.extra.get("repaired_benign_accuracy"),
+                     outcome.extra.get("repaired_attack_success_rate"))
 
 
 def run_grid(

@@ -9,7 +9,8 @@ import numpy as np
 
 from art_backdoor_ext.exceptions import InvalidParameterError
 
-__all__ = ["plot_order_statistic", "cepa_evidence_by_target", "plot_cepa_statistics", "plot_trigger_estimate"]
+__all__ = ["plot_order_statistic", "cepa_evidence_by_target", "plot_cepa_statistics", "plot_trigger_estimate",
+           "plot_feature_projections"]
 
 
 def _pyplot() -> Any:
@@ -136,30 +137,71 @@ def plot_trigger_estimate(x: np.ndarray, delta: np.ndarray, x_triggered: np.ndar
         raise InvalidParameterError(f"x_triggered has shape {np.shape(x_triggered)}, x has {x.shape}")
     plt = _pyplot()
     n = max(1, min(n, len(x)))
-    rows = [("clean", x), ("estimated x + delta", np.clip(x + delta, 0, 1)), ("estimated delta", delta)]
+    rows = [("clean", x, False), ("estimated x + delta", np.clip(x + delta, 0, 1), False),
+            ("estimated delta", delta, True)]
     if x_triggered is not None:
         x_triggered = np.asarray(x_triggered)
-        rows[2:2] = [("true trigger", x_triggered)]
-        rows.append(("true difference", x_triggered - x))
+        rows[2:2] = [("true trigger", x_triggered, False)]
+        rows.append(("true difference", x_triggered - x, True))
     fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n + 1.2, 1.3 * len(rows)), squeeze=False)
-    for r, (title, images) in enumerate(rows):
-        signed = "delta" in title or "difference" in title
+    for r, (title, images, signed) in enumerate(rows):
+        bound = float(np.abs(images[:n]).max()) or 1.0
         for c in range(n):
             img = images[c].transpose(1, 2, 0)
             ax = axes[r][c]
             if img.shape[-1] == 1:
-                img = img[..., 0]
                 if signed:
-                    bound = float(np.abs(images[:n]).max()) or 1.0
-                    ax.imshow(img, cmap="RdBu_r", vmin=-bound, vmax=bound)
+                    ax.imshow(img[..., 0], cmap="RdBu_r", vmin=-bound, vmax=bound)
                 else:
-                    ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+                    ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
             else:
-                shown = 0.5 + img / (2 * (float(np.abs(images[:n]).max()) or 1.0)) if signed else img
-                ax.imshow(np.clip(shown, 0, 1))
+                ax.imshow(np.clip(0.5 + img / (2 * bound) if signed else img, 0, 1))
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r][0].set_ylabel(title, fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_feature_projections(projections: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+                             path: str | Path | None = None, title: str | None = None) -> Any:
+    """SDRM's Fig. 4 layout: 2-D projections of clean and triggered inputs' features, one row per trained model
+    (e.g. RBT, SDRM-L, SDRM-A) and one column per feature level.
+
+    :param projections: ``{row: {level: (clean (n, 2), triggered (m, 2))}}``, e.g. the benchmark's
+        ``"feature_projections"`` (two principal components of the pooled features of each panel).
+    :param path: Save the figure there; the figure is returned either way.
+    :param title: Figure title.
+    """
+    rows = list(projections)
+    if not rows or not all(projections[r] for r in rows):
+        raise InvalidParameterError("projections must map at least one row to at least one level")
+    levels = list(projections[rows[0]])
+    for row in rows:
+        for level, pair in projections[row].items():
+            if len(pair) != 2 or any(np.ndim(points) != 2 or np.shape(points)[1] != 2 for points in pair):
+                raise InvalidParameterError(f"projections[{row!r}][{level!r}] must be a pair of (n, 2) arrays")
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), len(levels), figsize=(2.6 * len(levels) + 0.6, 2.4 * len(rows)),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        for c, level in enumerate(levels):
+            ax = axes[r][c]
+            clean, triggered = (np.asarray(p) for p in projections[row].get(level, (np.zeros((0, 2)),) * 2))
+            ax.scatter(clean[:, 0], clean[:, 1], s=7, c="#3b7dd8", alpha=0.7, label="clean (target class)")
+            ax.scatter(triggered[:, 0], triggered[:, 1], s=7, c="#d83b3b", alpha=0.7, marker="^",
+                       label="triggered")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(level, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(row, fontsize=9)
+    axes[0][0].legend(fontsize=6, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

@@ -2,10 +2,16 @@
 
 Attacks: ``badnets``, ``blend``, ``sig``, ``warp``, ``chessboard``, ``sparse``.
 Defences: ART's own ``art-ac`` and ``art-ss`` exactly as ART users call them (last layer, defaults), and this
-project's layer-selectable ``ac`` and ``ss``.
+project's layer-selectable ``ac``, ``ss`` and ``sr`` (Subspace Reconstruction); model scanners ``ad``, ``nc``,
+``cepa``; sample detectors ``mbds``, ``strip``, ``art-strip`` (ART's STRIP on a copy of the classifier),
+``feature-squeezing``; the transformer ``fine-pruning``.
 """
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -78,9 +84,9 @@ def _art_ss(context: EvaluationContext) -> list[DefenceOutcome]:
     return [DefenceOutcome(layer="last (ART)", is_flagged=_flags_from_is_clean(is_clean))]
 
 
-def _multilayer(context: EvaluationContext, cls: type) -> list[DefenceOutcome]:
+def _multilayer(context: EvaluationContext, cls: type, **kwargs: Any) -> list[DefenceOutcome]:
     clf, data = context.victim.classifier, context.victim.data
-    defence = cls(clf, data.x, data.y, layers=context.layers or None)
+    defence = cls(clf, data.x, data.y, layers=context.layers or None, **kwargs)
     results = defence.detect_poison_by_layer()
     return [DefenceOutcome(layer=name, is_flagged=np.asarray(r.is_poison, dtype=bool)) for name, r in results.items()]
 
@@ -97,6 +103,15 @@ def _ss(context: EvaluationContext) -> list[DefenceOutcome]:
     from art_backdoor_ext.defences.activation import MultiLayerSpectralSignature
 
     return _multilayer(context, MultiLayerSpectralSignature)
+
+
+@register_defence("sr", "poison-filter",
+                  "Subspace Reconstruction from 10 clean images per class, 90% energy (SDRM's SR, this project)")
+def _sr(context: EvaluationContext) -> list[DefenceOutcome]:
+    from art_backdoor_ext.defences.activation import SubspaceReconstruction
+
+    x_ref, y_ref = _clean_set(context, per_class=10)
+    return _multilayer(context, SubspaceReconstruction, x_clean=x_ref, y_clean=y_ref)
 
 
 def _clean_set(context: EvaluationContext, per_class: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -132,29 +147,38 @@ def _nc(context: EvaluationContext) -> list[DefenceOutcome]:
     ]
 
 
+def defender_split(context: EvaluationContext) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the defender's half of the clean data (its reserve) and of the held-out half (evaluation)."""
+    order = np.random.default_rng(context.random_state).permutation(len(context.x_clean))
+    return order[: len(order) // 2], order[len(order) // 2 :]
+
+
+def _sample_detector_outcome(
+    context: EvaluationContext, layer: str, fit_and_detect: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> list[DefenceOutcome]:
+    """Run ``fit_and_detect(reserve_indices, x_eval) -> is_backdoor`` on the held-out clean images plus triggered
+    copies of their non-target ones (the positives); the truth goes into ``extra["is_backdoor_truth"]``."""
+    victim = context.victim
+    reserve, held_out = defender_split(context)
+    x_eval, y_eval = context.x_clean[held_out], context.y_clean[held_out]
+    x_triggered = victim.data.trigger(x_eval[y_eval != victim.data.target]).astype(np.float32)
+    x_all = np.concatenate([x_eval, x_triggered])
+    truth = np.concatenate([np.zeros(len(x_eval), bool), np.ones(len(x_triggered), bool)])
+    is_backdoor = fit_and_detect(reserve, x_all)
+    return [DefenceOutcome(layer=layer, is_flagged=np.asarray(is_backdoor, bool), extra={"is_backdoor_truth": truth})]
+
+
 @register_defence("mbds", "sample-detector", "MBDS meta-classifier on 16 jumbo shadow models (black-box features)")
 def _mbds(context: EvaluationContext) -> list[DefenceOutcome]:
     from art_backdoor_ext.defences import MBDS
 
-    victim = context.victim
-    rng = np.random.default_rng(context.random_state)
-    order = rng.permutation(len(context.x_clean))
-    reserve, held_out = order[: len(order) // 2], order[len(order) // 2 :]
-    detector = MBDS(victim.classifier, n_shadow_models=16, random_state=context.random_state)
-    detector.fit(context.x_clean[reserve], context.y_clean[reserve])
-    x_eval, y_eval = context.x_clean[held_out], context.y_clean[held_out]
-    non_target = y_eval != victim.data.target
-    x_triggered = victim.data.trigger(x_eval[non_target]).astype(np.float32)
-    x_all = np.concatenate([x_eval, x_triggered])
-    truth = np.concatenate([np.zeros(len(x_eval), bool), np.ones(len(x_triggered), bool)])
-    _, is_backdoor = detector.detect(x_all)
-    return [
-        DefenceOutcome(
-            layer=detector._resolve_layer(),
-            is_flagged=np.asarray(is_backdoor, bool),
-            extra={"is_backdoor_truth": truth},
-        )
-    ]
+    detector = MBDS(context.victim.classifier, n_shadow_models=16, random_state=context.random_state)
+
+    def run(reserve: np.ndarray, x_all: np.ndarray) -> np.ndarray:
+        detector.fit(context.x_clean[reserve], context.y_clean[reserve])
+        return detector.detect(x_all)[1]
+
+    return _sample_detector_outcome(context, detector._resolve_layer(), run)
 
 
 @register_defence("cepa", "model-scanner", "CEPA consensus embedded perturbation analysis (Li et al., 2024)")
@@ -168,5 +192,95 @@ def _cepa(context: EvaluationContext) -> list[DefenceOutcome]:
             detected=report.detected,
             found_target=report.target if report.detected else None,
             extra={"p_value": report.p_value, "variant": report.variant},
+        )
+    ]
+
+
+def _calibrated_outcome(context: EvaluationContext, detector: Any) -> list[DefenceOutcome]:
+    """A :class:`~art_backdoor_ext.defences.sample._calibrated.CalibratedDetector` fitted on the reserve."""
+
+    def run(reserve: np.ndarray, x_all: np.ndarray) -> np.ndarray:
+        detector.fit(context.x_clean[reserve])
+        return detector.detect(x_all)[1]
+
+    return _sample_detector_outcome(context, "output", run)
+
+
+@register_defence("strip", "sample-detector", "STRIP, mean entropy of 100 superimposed copies, FRR 1% (Gao et al.)")
+def _strip(context: EvaluationContext) -> list[DefenceOutcome]:
+    from art_backdoor_ext.defences import STRIP
+
+    return _calibrated_outcome(context, STRIP(context.victim.classifier, random_state=context.random_state))
+
+
+def art_strip_flags(classifier: Any, x_clean: np.ndarray, x: np.ndarray, *, seed: int | None,
+                    softmax: bool = True) -> np.ndarray:
+    """ART's STRIP (defaults: 20 copies, ``false_acceptance_rate=0.01``) on a *copy* of ``classifier``.
+
+    ART 1.20.1's STRIP swaps the class of the classifier it is given, so it gets a deep copy; with ``softmax`` the
+    copy's model ends in a softmax (ART's entropy of logits is NaN and ``mitigate`` raises ``ValueError``). ART draws
+    from NumPy's global random state: it is seeded with ``seed`` for the call and restored afterwards. An input is
+    flagged when ART abstains (an all-zero prediction row).
+    """
+    from art.defences.transformer.poisoning import STRIP as ARTStrip
+    from torch import nn
+
+    from art_backdoor_ext.models import make_classifier
+
+    clone = copy.deepcopy(classifier)
+    if softmax:
+        clone = make_classifier(nn.Sequential(clone.model, nn.Softmax(dim=1)), input_shape=clone.input_shape,
+                                nb_classes=clone.nb_classes, clip_values=clone.clip_values)
+    state = np.random.get_state()  # noqa: NPY002  (ART's STRIP draws from the global state only)
+    try:
+        np.random.seed(seed)  # noqa: NPY002
+        defended = ARTStrip(clone)()
+        defended.mitigate(x_clean)
+        predictions = defended.predict(x)
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+    return np.asarray(~np.asarray(predictions).any(axis=1), dtype=bool)
+
+
+@register_defence("art-strip", "sample-detector", "ART's STRIP (defaults) on a softmax copy of the classifier")
+def _art_strip(context: EvaluationContext) -> list[DefenceOutcome]:
+    def run(reserve: np.ndarray, x_all: np.ndarray) -> np.ndarray:
+        return art_strip_flags(context.victim.classifier, context.x_clean[reserve], x_all, seed=context.random_state)
+
+    return _sample_detector_outcome(context, "output", run)
+
+
+@register_defence("feature-squeezing", "sample-detector",
+                  "feature-squeezing detector, 1-bit depth + 2x2 median, max L1, FRR 5% (Xu et al.)")
+def _feature_squeezing(context: EvaluationContext) -> list[DefenceOutcome]:
+    from art_backdoor_ext.defences import FeatureSqueezingDetector
+
+    return _calibrated_outcome(context, FeatureSqueezingDetector(context.victim.classifier))
+
+
+@register_defence("fine-pruning", "transformer",
+                  "Fine-Pruning: last conv layer, 4% accuracy drop, 10 epochs Adam 1e-2 (Liu et al.); BA/ASR held out")
+def _fine_pruning(context: EvaluationContext) -> list[DefenceOutcome]:
+    from art_backdoor_ext.defences import FinePruning
+    from art_backdoor_ext.training import evaluate_attack
+
+    victim = context.victim
+    reserve, held_out = defender_split(context)
+    defence = FinePruning(victim.classifier, random_state=context.random_state)
+    repaired = defence(context.x_clean[reserve], context.y_clean[reserve])
+    x_eval, y_eval = context.x_clean[held_out], context.y_clean[held_out]
+    stages = {}
+    for stage, clf in (("before", victim.classifier), ("pruned", defence.pruned_classifier_),
+                       ("fine-pruned", repaired)):
+        ba, asr = evaluate_attack(clf, x_eval, y_eval, victim.data.trigger, target=victim.data.target,
+                                  sources=victim.data.sources)
+        stages[stage] = {"benign_accuracy": ba, "attack_success_rate": asr}
+    report = defence.report_
+    return [
+        DefenceOutcome(
+            layer=report.layer,
+            extra={"repaired_benign_accuracy": stages["fine-pruned"]["benign_accuracy"],
+                   "repaired_attack_success_rate": stages["fine-pruned"]["attack_success_rate"],
+                   "stages": stages, "n_pruned": report.n_pruned, "n_channels": report.n_channels},
         )
     ]

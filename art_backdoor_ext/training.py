@@ -2,7 +2,8 @@
 
 :func:`poison_dataset` applies a trigger through ART's ``PoisoningAttackBackdoor`` to a chosen set of
 source-class samples and relabels them (all-to-one, one-to-one or multi-source, at a rate or a count).
-:func:`fit_classifier` trains an ART ``PyTorchClassifier``'s model with a seeded, progress-reporting loop.
+:func:`fit_classifier` trains an ART ``PyTorchClassifier``'s model with a seeded, progress-reporting loop
+(:func:`run_epochs`, which other training objectives such as SDRM's reuse with their own batch loss).
 :func:`train_victim` does both and measures benign accuracy (BA) and attack success rate (ASR).
 """
 
@@ -24,7 +25,8 @@ from art_backdoor_ext._validation import check_images, check_labels, check_pytor
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 from art_backdoor_ext.functional.metrics import attack_success_rate, benign_accuracy
 
-__all__ = ["PoisonedData", "poison_dataset", "fit_classifier", "evaluate_attack", "VictimResult", "train_victim"]
+__all__ = ["PoisonedData", "poison_dataset", "run_epochs", "fit_classifier", "evaluate_attack", "VictimResult",
+           "train_victim"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +134,56 @@ def poison_dataset(
     return PoisonedData(x_out, y_out, is_poison, labels.copy(), int(target), chosen_sources, mode, trigger)
 
 
+def run_epochs(
+    model: nn.Module,
+    n_samples: int,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device | str,
+    nb_epochs: int = 10,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    random_state: int | None = None,
+    verbose: bool = False,
+    desc: str = "training",
+) -> tuple[list[float], list[float]]:
+    """Train ``model`` in place with Adam over shuffled mini-batches of ``range(n_samples)``.
+
+    ``batch_loss(idx)`` gets the batch's indices (a tensor on ``device``) and returns the scalar loss to
+    minimise. Shuffling and any in-model randomness are seeded by ``random_state`` without touching the global
+    RNGs; the model's train/eval mode is restored afterwards.
+
+    :return: (mean batch loss per epoch weighted by batch size, wall-clock seconds per epoch).
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    rng = np.random.default_rng(random_state)
+    losses: list[float] = []
+    seconds: list[float] = []
+    was_training = model.training
+    with torch.random.fork_rng(devices=[]):
+        if random_state is not None:
+            torch.manual_seed(int(random_state))
+        model.train()
+        try:
+            for epoch in progress(range(nb_epochs), verbose=verbose, desc=desc, unit="epoch"):
+                start = time.perf_counter()
+                order = torch.as_tensor(rng.permutation(n_samples), device=device)
+                total = 0.0
+                for sl in batch_slices(n_samples, batch_size):
+                    idx = order[sl]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = batch_loss(idx)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * len(idx)
+                losses.append(total / n_samples)
+                seconds.append(time.perf_counter() - start)
+                logger.debug("epoch %d loss %.4f", epoch, losses[-1])
+        finally:
+            model.train(was_training)
+    return losses, seconds
+
+
 def fit_classifier(
     classifier: Any,
     x: np.ndarray,
@@ -151,33 +203,12 @@ def fit_classifier(
     check_pytorch_classifier(classifier, "fit_classifier")
     x = check_images(x, input_shape=classifier.input_shape, clip_values=classifier.clip_values)
     labels = check_labels(y, n_samples=len(x), nb_classes=classifier.nb_classes)
-    model: nn.Module = classifier.model
     device = classifier_device(classifier)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     loss_fn = nn.CrossEntropyLoss()
-    rng = np.random.default_rng(random_state)
     x_t, y_t = to_tensor(x, device), torch.as_tensor(labels, device=device)
-    losses: list[float] = []
-    was_training = model.training
-    with torch.random.fork_rng(devices=[]):
-        if random_state is not None:
-            torch.manual_seed(int(random_state))
-        model.train()
-        try:
-            for epoch in progress(range(nb_epochs), verbose=verbose, desc="training", unit="epoch"):
-                order = torch.as_tensor(rng.permutation(len(x)), device=device)
-                total = 0.0
-                for sl in batch_slices(len(x), batch_size):
-                    idx = order[sl]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(forward(classifier, x_t[idx]), y_t[idx])
-                    loss.backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * len(idx)
-                losses.append(total / len(x))
-                logger.debug("epoch %d loss %.4f", epoch, losses[-1])
-        finally:
-            model.train(was_training)
+    losses, _ = run_epochs(classifier.model, len(x), lambda idx: loss_fn(forward(classifier, x_t[idx]), y_t[idx]),
+                           device=device, nb_epochs=nb_epochs, batch_size=batch_size, learning_rate=learning_rate,
+                           random_state=random_state, verbose=verbose)
     return losses
 
 

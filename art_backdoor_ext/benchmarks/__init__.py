@@ -129,7 +129,15 @@ def register_benchmark(name: str) -> Callable[[Callable[..., BenchmarkReport]], 
 
 
 def _load_all() -> None:
-    from art_backdoor_ext.benchmarks import acss, ad, cepa, ensemble, mbds  # noqa: F401  (importing registers them)
+    from art_backdoor_ext.benchmarks import (  # noqa: F401  (importing registers them)
+        acss,
+        ad,
+        cepa,
+        ensemble,
+        mbds,
+        sdrm,
+        survey,
+    )
 
 
 def available_benchmarks() -> list[str]:

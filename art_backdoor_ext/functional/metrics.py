@@ -5,6 +5,7 @@
   acceptance rate FAR (backdoored inputs accepted as clean) and false rejection rate FRR (clean inputs
   rejected), as defined in MBDS (Li et al., 2022).
 - Model-level detection: detection accuracy over a group of models.
+- Score-level detection: the best F1 over all thresholds of a suspicion score (SDRM's protocol for SR).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "false_acceptance_rate",
     "false_rejection_rate",
     "detection_accuracy",
+    "best_f1",
 ]
 
 
@@ -133,3 +135,31 @@ def detection_accuracy(detected: np.ndarray, is_attacked: np.ndarray) -> float:
     if d.shape != a.shape or d.size == 0:
         raise DataError(f"detected {d.shape} and is_attacked {a.shape} must be non-empty and of equal shape")
     return float(np.mean(d == a))
+
+
+def best_f1(scores: np.ndarray, is_poison: np.ndarray) -> tuple[float, float]:
+    """The largest F1 of ``scores >= threshold`` over all thresholds, and the threshold reaching it.
+
+    Higher scores are more suspicious. Every distinct score is a candidate threshold (samples with equal scores
+    are flagged together). With no poison the F1 is 0 whatever the threshold, and the threshold returned is
+    +inf (nothing flagged).
+
+    :return: (F1, threshold).
+    """
+    s = _as_1d(scores, "scores").astype(np.float64)
+    truth = _as_1d(is_poison, "is_poison").astype(bool)
+    if s.shape != truth.shape or s.size == 0:
+        raise DataError(f"scores {s.shape} and is_poison {truth.shape} must be non-empty and of equal shape")
+    if not np.all(np.isfinite(s)):
+        raise DataError("scores contain NaN or infinite values")
+    positives = int(truth.sum())
+    if positives == 0:
+        return 0.0, float("inf")
+    order = np.argsort(-s, kind="stable")
+    sorted_scores = s[order]
+    true_positives = np.cumsum(truth[order])
+    flagged = np.arange(1, len(s) + 1)
+    last_of_tie = np.append(sorted_scores[1:] != sorted_scores[:-1], True)
+    f1 = np.where(last_of_tie, 2.0 * true_positives / (flagged + positives), -1.0)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(sorted_scores[best])

@@ -16,7 +16,7 @@ from art_backdoor_ext.defences import (
     OrderStatisticDetector,
     PyTorchNeuralCleanse,
 )
-from art_backdoor_ext.exceptions import InvalidParameterError
+from tests.conformance._battery import check_params_round_trip, run_in_train_mode
 
 
 def _scanner(cls, **kw):
@@ -55,10 +55,6 @@ def small_set(badnets_victim):
     return sample_per_class(data.x, data.y, 6, random_state=0)
 
 
-def _hook_count(model):
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_conformance(name, badnets_victim, small_set):
     build, run = CASES[name]
@@ -67,22 +63,8 @@ def test_conformance(name, badnets_victim, small_set):
     x_before, y_before = x.copy(), y.copy()
     obj = build(clf, x, y)
 
-    assert type(obj).__name__ in repr(obj)
-    params = obj.get_params()
-    obj.set_params(**{k: v for k, v in params.items() if k != "classifier"})
-    assert obj.get_params() == params
-    with pytest.raises(InvalidParameterError, match="unknown parameter"):
-        obj.set_params(no_such_parameter=1)
-
-    model = clf.model
-    model.train()
-    hooks = _hook_count(model)
-    grads = [p.requires_grad for p in model.parameters()]
-    first = run(obj, x, y)
-    assert model.training, "model mode not restored"
-    assert _hook_count(model) == hooks, "hooks left on the model"
-    assert [p.requires_grad for p in model.parameters()] == grads
-    model.eval()
+    check_params_round_trip(obj)
+    first = run_in_train_mode(clf.model, lambda: run(obj, x, y))
     np.testing.assert_array_equal(x, x_before)
     np.testing.assert_array_equal(y, y_before)
 

@@ -45,3 +45,39 @@ def test_ensemble_benchmark_tiny_run(monkeypatch):
     assert len(rows) == 1 and rows[0]["models"] == 2
     assert rows[0]["speedup"] == pytest.approx(rows[0]["sequential s"] / rows[0]["batched s"])
     assert report.seconds > 0
+
+
+def test_survey_benchmark_tiny_run(monkeypatch):
+    from art_backdoor_ext.benchmarks import survey
+
+    monkeypatch.setitem(survey.PROFILES, "fast", {"dataset": "digits", "models": 1, "train": 300, "test": 120,
+                                                  "epochs": 3})
+    monkeypatch.setattr(survey, "ATTACKS", ("badnets",))
+    report = run_benchmark("survey", profile="fast")
+    detection, repair, victims = report.tables.values()
+    assert [r["detector"] for r in detection] == ["strip", "art-strip", "feature-squeezing"]
+    assert all(0 <= r[k] <= 1 for r in detection for k in ("FAR", "FRR", "F1"))
+    assert {"BA before", "ASR pruned", "ASR fine-pruned", "channels pruned"} <= set(repair[0])
+    assert len(victims) == 1 and "ValueError" in report.notes[0]  # ART's STRIP on logits, recorded
+    json.dumps(report.to_dict())
+
+
+def test_sdrm_benchmark_tiny_run(monkeypatch):
+    from art_backdoor_ext.benchmarks import sdrm
+
+    monkeypatch.setitem(sdrm.PROFILES, "fast", {**sdrm.PROFILES["fast"], "attacks": ["badnets"], "nb_epochs": 12,
+                                                "train": 400, "n_eval": [20], "mmd_size": 10, "speed_rounds": 1,
+                                                "speed_epochs": 2})
+    report = run_benchmark("sdrm", profile="fast")
+    tables = report.tables
+    summary = next(rows for title, rows in tables.items() if title.startswith("summary"))
+    assert [r["mode"] for r in summary] == ["RBT", "SDRM-L", "SDRM-A"]
+    victims = tables["victims"]
+    assert len(victims) == 3 and all(0 <= r["benign_accuracy"] <= 1 for r in victims)
+    best = next(rows for title, rows in tables.items() if title.startswith("detection, best F1"))
+    assert {(r["detector"], r["level"]) for r in best} == {(d, lv) for d in ("ac", "ss", "sr")
+                                                          for lv in ("relu1", "relu2", "relu3")}
+    assert all(0 <= r[m] <= 1 for r in best for m in ("RBT", "SDRM-L", "SDRM-A"))
+    speed = tables["speed: seconds per epoch, interleaved runs, median"]
+    assert speed[0]["vs_RBT"] == 1.0 and speed[2]["epochs_timed"] == 1
+    json.dumps(report.to_dict())

@@ -9,7 +9,12 @@ pytest.importorskip("matplotlib")
 
 from art_backdoor_ext.defences.model.cepa_report import CEPAReport  # noqa: E402
 from art_backdoor_ext.exceptions import InvalidParameterError  # noqa: E402
-from art_backdoor_ext.plotting import cepa_evidence_by_target, plot_cepa_statistics, plot_trigger_estimate  # noqa: E402
+from art_backdoor_ext.plotting import (  # noqa: E402
+    cepa_evidence_by_target,
+    plot_cepa_statistics,
+    plot_feature_projections,
+    plot_trigger_estimate,
+)
 
 
 def _report(statistic: str = "consensus", detected: bool = True) -> CEPAReport:
@@ -75,3 +80,19 @@ def test_trigger_figure_rows_follow_the_inputs():
     np.testing.assert_allclose(fig.axes[1].images[0].get_array(), np.clip(x[0, 0] + 0.1, 0, 1), rtol=1e-6)
     with pytest.raises(InvalidParameterError, match="one shape"):
         plot_trigger_estimate(x, delta[:2])
+
+
+def test_feature_projection_grid_has_a_panel_per_model_and_level(tmp_path):
+    rng = np.random.default_rng(0)
+    panels = {mode: {level: (rng.normal(size=(5, 2)), rng.normal(size=(4, 2)) + 3) for level in ("s1", "s2", "s3")}
+              for mode in ("RBT", "SDRM-A")}
+    fig = plot_feature_projections(panels, path=tmp_path / "f.png", title="t")
+    assert len(fig.axes) == 6 and (tmp_path / "f.png").stat().st_size > 0
+    first = fig.axes[0]
+    np.testing.assert_allclose(first.collections[0].get_offsets(), panels["RBT"]["s1"][0])
+    np.testing.assert_allclose(first.collections[1].get_offsets(), panels["RBT"]["s1"][1])
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["s1", "s2", "s3"] and fig.axes[3].get_ylabel() == "SDRM-A"
+    with pytest.raises(InvalidParameterError, match="pair of \\(n, 2\\) arrays"):
+        plot_feature_projections({"RBT": {"s1": (np.zeros((3, 3)), np.zeros((3, 2)))}})
+    with pytest.raises(InvalidParameterError, match="at least one row"):
+        plot_feature_projections({})

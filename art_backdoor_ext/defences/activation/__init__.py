@@ -7,11 +7,13 @@ from art_backdoor_ext.defences.activation.multilayer import (
     MultiLayerSpectralSignature,
     penultimate_layer,
 )
+from art_backdoor_ext.defences.activation.subspace import SubspaceReconstruction
 
 __all__ = [
     "ClassAnalysis",
     "LayerDetection",
     "MultiLayerActivationDefence",
     "MultiLayerSpectralSignature",
+    "SubspaceReconstruction",
     "penultimate_layer",
 ]

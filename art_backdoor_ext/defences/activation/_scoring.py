@@ -6,6 +6,8 @@
 - Spectral Signatures (Tran et al., 2018): :func:`spectral_projection` (features centred per class before the
   top right-singular vector), :func:`robust_outliers` (median/MAD rule), :func:`top_fraction` (the paper's
   rule).
+- Subspace Reconstruction (as evaluated by Xia et al., 2022): :func:`fit_subspace` (principal subspace of clean
+  features keeping a share of their energy), :func:`reconstruction_error` (the score).
 - :func:`detection_metrics`: precision, recall and F1 of a poison detection against ground truth.
 
 :func:`robust_outliers` is not :func:`art_backdoor_ext.functional.robust.mad_anomaly_index` because of the
@@ -36,6 +38,8 @@ __all__ = [
     "spectral_projection",
     "robust_outliers",
     "top_fraction",
+    "fit_subspace",
+    "reconstruction_error",
     "detection_metrics",
 ]
 
@@ -54,7 +58,9 @@ class ClassAnalysis:
     :param suspicious_clusters: AC: indices of the clusters flagged as poison.
     :param median: SS: median projection on the top singular vector.
     :param scale: SS: robust scale (1.4826 MAD) of the projections.
-    :param threshold: SS: the lowest flagged score under the paper's fraction rule.
+    :param threshold: SS, SR: the lowest flagged score under the paper's fraction rule.
+    :param n_components: SR: dimension of the clean subspace.
+    :param n_reference: SR: clean reference samples of the class.
     :param note: why the class was not analysed (too few samples).
     """
 
@@ -67,6 +73,8 @@ class ClassAnalysis:
     median: float | None = None
     scale: float | None = None
     threshold: float | None = None
+    n_components: int | None = None
+    n_reference: int | None = None
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,6 +273,32 @@ def top_fraction(scores: np.ndarray, fraction: float) -> tuple[np.ndarray, float
     order = np.argsort(-s, kind="stable")[:count]
     mask[order] = True
     return mask, float(s[order[-1]])
+
+
+def fit_subspace(reference: np.ndarray, energy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Affine principal subspace of (n, D) clean features that keeps ``energy`` of their variance.
+
+    The features are centred; the basis is the smallest number k of top right-singular vectors whose squared
+    singular values sum to at least ``energy`` of the total (k = 0 when the features are all equal).
+
+    :return: (mean (D,), basis (D, k) with orthonormal columns).
+    """
+    data = np.asarray(reference, dtype=np.float64)
+    mean = data.mean(axis=0)
+    _, singular, vt = np.linalg.svd(data - mean, full_matrices=False)
+    power = singular**2
+    total = float(power.sum())
+    if total <= 0.0:
+        return mean, np.zeros((data.shape[1], 0))
+    k = int(np.searchsorted(np.cumsum(power) / total, energy - 1e-12) + 1)
+    return mean, vt[: min(k, len(power))].T
+
+
+def reconstruction_error(features: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """L2 norm of what the subspace ``(mean, basis)`` misses of each (n, D) feature vector: ``||r - B B^T r||``
+    with ``r = f - mean``."""
+    residual = np.asarray(features, dtype=np.float64) - mean
+    return np.linalg.norm(residual - (residual @ basis) @ basis.T, axis=1)
 
 
 def detection_metrics(is_poison: np.ndarray, is_poison_true: np.ndarray) -> dict[str, float | int]:

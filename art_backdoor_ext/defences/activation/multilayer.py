@@ -32,7 +32,7 @@ from art.defences.detector.poison import GroundTruthEvaluator, PoisonFilteringDe
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
-from art_backdoor_ext._torch import extract_features, layer_names, resolve_layers
+from art_backdoor_ext._torch import check_layer_list, extract_features, layer_names
 from art_backdoor_ext._validation import (
     Instance,
     Interval,
@@ -95,8 +95,7 @@ class _MultiLayerDefence(ParamsMixin, PoisonFilteringDefence):
                                     name="y_train", allow_one_hot=True)
         self._x = x_checked
         super().__init__(classifier, x_train, y_train)
-        self._features: dict[str, np.ndarray] = {}
-        self._features_key: tuple[Any, ...] | None = None
+        self._feature_cache: dict[str, tuple[tuple[Any, ...], dict[str, np.ndarray]]] = {}
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -108,32 +107,23 @@ class _MultiLayerDefence(ParamsMixin, PoisonFilteringDefence):
 
     def _check_params(self) -> None:
         super()._check_params()
-        names = self.layer_list
-        if not names:
-            raise InvalidParameterError(f"{type(self).__name__}: layers is empty; give at least one name")
-        if len(set(names)) != len(names):
-            raise InvalidParameterError(f"{type(self).__name__}: layers has duplicates: {names}")
-        resolve_layers(self.classifier.model, names)
-
-    def set_params(self, **kwargs: Any) -> None:
-        """Set validated hyper-parameters; on a rejected value every parameter keeps its previous value."""
-        previous = self.get_params()
-        try:
-            super().set_params(**kwargs)
-        except Exception:
-            for name, value in previous.items():
-                setattr(self, name, value)
-            raise
+        check_layer_list(self.classifier.model, self.layer_list, type(self).__name__)
 
     # ------------------------------------------------------------------ features
     def _layer_features(self) -> dict[str, np.ndarray]:
-        """Flattened activations of every layer, one forward pass per batch; cached until layers change."""
+        """Flattened activations of every layer for ``x_train``; cached until layers change."""
+        return self._cached_features("x_train", self._x)
+
+    def _cached_features(self, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Flattened activations of every layer for ``x``, one forward pass per batch, cached under ``name``
+        until ``layers`` or ``batch_size`` change."""
         key = (tuple(self.layer_list), self.batch_size)
-        if self._features_key != key:
-            logger.info("%s: extracting %s for %d samples", type(self).__name__, list(key[0]), len(self._x))
-            self._features = extract_features(self.classifier, self._x, key[0], batch_size=self.batch_size)
-            self._features_key = key
-        return self._features
+        cached = self._feature_cache.get(name)
+        if cached is None or cached[0] != key:
+            logger.info("%s: extracting %s for %d samples (%s)", type(self).__name__, list(key[0]), len(x), name)
+            cached = (key, extract_features(self.classifier, x, key[0], batch_size=self.batch_size))
+            self._feature_cache[name] = cached
+        return cached[1]
 
     def _truth(self, is_clean_true: Any) -> np.ndarray:
         """Ground truth in ART's convention (1 clean, 0 poison) -> bool ``is_poison``."""
@@ -230,13 +220,15 @@ class _MultiLayerDefence(ParamsMixin, PoisonFilteringDefence):
             if len(idx) < 3:
                 info.note = f"not analysed: {len(idx)} sample(s), at least 3 needed"
             else:
-                flags, class_scores = self._analyse_class(features[idx], info)
+                flags, class_scores = self._analyse_class(layer, features[idx], info)
                 is_poison[idx], scores[idx] = flags, class_scores
                 info.n_flagged = int(flags.sum())
             classes.append(info)
         return LayerDetection(layer, self.method, int(features.shape[1]), is_poison, scores, classes)
 
-    def _analyse_class(self, features: np.ndarray, info: ClassAnalysis) -> tuple[np.ndarray, np.ndarray]:
+    def _analyse_class(self, layer: str, features: np.ndarray, info: ClassAnalysis
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Flags and scores (higher = more suspicious) of one class's features at ``layer``; fills ``info``."""
         raise NotImplementedError
 
 
@@ -317,7 +309,8 @@ class MultiLayerActivationDefence(_MultiLayerDefence):
         self.random_state = random_state
         self._check_params()
 
-    def _analyse_class(self, features: np.ndarray, info: ClassAnalysis) -> tuple[np.ndarray, np.ndarray]:
+    def _analyse_class(self, layer: str, features: np.ndarray, info: ClassAnalysis
+                       ) -> tuple[np.ndarray, np.ndarray]:
         reduced = _scoring.reduce_dimensionality(features, nb_dims=self.nb_dims, method=self.reduce,
                                                  random_state=self.random_state)
         assignment, silhouette, per_sample = _scoring.cluster_class(reduced, nb_clusters=self.nb_clusters,
@@ -395,7 +388,8 @@ class MultiLayerSpectralSignature(_MultiLayerDefence):
         self.batch_size = batch_size
         self._check_params()
 
-    def _analyse_class(self, features: np.ndarray, info: ClassAnalysis) -> tuple[np.ndarray, np.ndarray]:
+    def _analyse_class(self, layer: str, features: np.ndarray, info: ClassAnalysis
+                       ) -> tuple[np.ndarray, np.ndarray]:
         projection = _scoring.spectral_projection(features)
         scores = projection**2
         if self.expected_poison_fraction is None:

@@ -5,6 +5,7 @@ from art_backdoor_ext.exceptions import DataError
 from art_backdoor_ext.functional.metrics import (
     attack_success_rate,
     benign_accuracy,
+    best_f1,
     detection_accuracy,
     detection_counts,
     f_beta,
@@ -54,3 +55,18 @@ def test_ba_asr_and_model_detection_accuracy():
     with pytest.raises(DataError, match="undefined"):
         attack_success_rate(np.array([0]), 0, y_true=np.array([0]))
     assert detection_accuracy(np.array([1, 0, 1]), np.array([1, 1, 1])) == pytest.approx(2 / 3)
+
+
+def test_best_f1_is_the_best_threshold_by_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scores = rng.integers(0, 6, size=15).astype(float)  # ties on purpose
+        truth = rng.random(15) < 0.4
+        brute = max(f_beta(scores >= t, truth) for t in np.unique(scores))
+        f1, threshold = best_f1(scores, truth)
+        assert f1 == pytest.approx(brute)
+        assert f_beta(scores >= threshold, truth) == pytest.approx(f1)
+    assert best_f1(np.array([3.0, 1.0, 2.0]), np.array([True, False, True])) == (1.0, 2.0)
+    assert best_f1(np.array([1.0, 2.0]), np.array([False, False])) == (0.0, float("inf"))
+    with pytest.raises(DataError, match="equal shape"):
+        best_f1(np.ones(3), np.ones(2, bool))

@@ -1,0 +1,90 @@
+"""Detection math: entropy, softmax / probability handling, L1 distance and thresholds at a target FRR."""
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError
+from art_backdoor_ext.functional.detection import (
+    flag_scores,
+    is_probability_matrix,
+    l1_distance,
+    prediction_entropy,
+    softmax,
+    threshold_at_frr,
+    to_probabilities,
+)
+
+
+def test_entropy_reference_values():
+    p = np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0]])
+    h = prediction_entropy(p)
+    expected_last = -(0.9 * np.log2(0.9) + 0.1 * np.log2(0.1))
+    np.testing.assert_allclose(h, [2.0, 0.0, 1.0, expected_last])
+    np.testing.assert_allclose(prediction_entropy(p, base=np.e), h * np.log(2))
+    with pytest.raises(InvalidParameterError, match="base"):
+        prediction_entropy(p, base=1)
+
+
+def test_softmax_rows_and_shift_invariance():
+    z = np.array([[1.0, 2.0, 3.0], [1000.0, 1000.0, 0.0]])
+    p = softmax(z)
+    np.testing.assert_allclose(p.sum(1), 1.0)
+    np.testing.assert_allclose(p[0], np.exp([1, 2, 3]) / np.exp([1, 2, 3]).sum())
+    np.testing.assert_allclose(p[1], [0.5, 0.5, 0.0], atol=1e-12)  # no overflow
+    np.testing.assert_allclose(softmax(z + 7.0), p)
+
+
+def test_to_probabilities_auto_logits_and_checks():
+    probs = np.array([[0.2, 0.8], [1.0, 0.0]])
+    logits = np.array([[-1.0, 3.0], [0.5, 0.5]])
+    assert is_probability_matrix(probs) and not is_probability_matrix(logits)
+    np.testing.assert_allclose(to_probabilities(probs), probs)
+    np.testing.assert_allclose(to_probabilities(logits), softmax(logits))
+    np.testing.assert_allclose(to_probabilities(probs, "logits"), softmax(probs))  # forced
+    with pytest.raises(DataError, match="not probability vectors"):
+        to_probabilities(logits, "probabilities")
+    with pytest.raises(InvalidParameterError, match="kind"):
+        to_probabilities(probs, "scores")
+    with pytest.raises(DataError, match=r"shape \(N, K\)"):
+        to_probabilities(np.zeros(3))
+    with pytest.raises(DataError, match="NaN"):
+        to_probabilities(np.array([[np.nan, 1.0]]))
+
+
+def test_l1_distance():
+    np.testing.assert_allclose(l1_distance([[1.0, 0.0], [0.5, 0.5]], [[0.0, 1.0], [0.5, 0.5]]), [2.0, 0.0])
+    with pytest.raises(DataError, match="shape"):
+        l1_distance(np.ones((2, 2)), np.ones((3, 2)))
+
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_quantile_threshold_flags_at_most_target_frr(higher):
+    scores = np.random.default_rng(0).normal(size=1000)
+    for frr in (0.01, 0.05, 0.2):
+        t = threshold_at_frr(scores, frr, higher_is_suspicious=higher)
+        rate = flag_scores(scores, t, higher_is_suspicious=higher).mean()
+        assert frr - 0.002 <= rate <= frr
+    # ties: every clean score equal -> nothing is flagged
+    t = threshold_at_frr(np.ones(10), 0.1, higher_is_suspicious=higher)
+    assert not flag_scores(np.ones(10), t, higher_is_suspicious=higher).any()
+
+
+def test_normal_threshold_matches_the_fit():
+    scores = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    loc, scale = scores.mean(), scores.std(ddof=1)
+    assert threshold_at_frr(scores, 0.05, higher_is_suspicious=False, method="normal") == pytest.approx(
+        norm.ppf(0.05, loc, scale))
+    assert threshold_at_frr(scores, 0.05, method="normal") == pytest.approx(norm.ppf(0.95, loc, scale))
+    assert threshold_at_frr(np.ones(4), 0.05, method="normal") == 1.0
+
+
+def test_threshold_errors():
+    with pytest.raises(DataError, match="at least 2"):
+        threshold_at_frr(np.ones(1), 0.1)
+    with pytest.raises(DataError, match="NaN"):
+        threshold_at_frr(np.array([1.0, np.nan]), 0.1)
+    with pytest.raises(InvalidParameterError, match=r"target_frr must lie in \(0, 1\)"):
+        threshold_at_frr(np.ones(3), 1.0)
+    with pytest.raises(InvalidParameterError, match="method"):
+        threshold_at_frr(np.ones(3), 0.1, method="median")
