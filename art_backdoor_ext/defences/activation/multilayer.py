@@ -87,15 +87,22 @@ class _MultiLayerDefence(ParamsMixin, PoisonFilteringDefence):
 
     def __init__(self, classifier: PyTorchClassifier, x_train: np.ndarray, y_train: np.ndarray) -> None:
         check_pytorch_classifier(classifier, type(self))
-        clip = classifier.clip_values
-        x_checked = check_images(x_train, name="x_train", input_shape=classifier.input_shape,
-                                 clip_values=None if clip is None else (float(clip[0]), float(clip[1])),
-                                 allow_float64=True)
-        self._labels = check_labels(y_train, n_samples=len(x_checked), nb_classes=classifier.nb_classes,
-                                    name="y_train", allow_one_hot=True)
-        self._x = x_checked
+        self._x, self._labels = self._checked_set(classifier, x_train, y_train, "train")
         super().__init__(classifier, x_train, y_train)
         self._feature_cache: dict[str, tuple[tuple[Any, ...], dict[str, np.ndarray]]] = {}
+
+    @staticmethod
+    def _checked_set(classifier: PyTorchClassifier, x: np.ndarray, y: np.ndarray,
+                     suffix: str) -> tuple[np.ndarray, np.ndarray]:
+        """``x_<suffix>`` checked against the classifier (NCHW, range; float64 cast on a copy, as ART users pass
+        it) and ``y_<suffix>`` as integer labels (one-hot accepted)."""
+        clip = classifier.clip_values
+        x_checked = check_images(x, name=f"x_{suffix}", input_shape=classifier.input_shape,
+                                 clip_values=None if clip is None else (float(clip[0]), float(clip[1])),
+                                 allow_float64=True)
+        labels = check_labels(y, n_samples=len(x_checked), nb_classes=classifier.nb_classes, name=f"y_{suffix}",
+                              allow_one_hot=True)
+        return x_checked, labels
 
     # ------------------------------------------------------------------ parameters
     @property

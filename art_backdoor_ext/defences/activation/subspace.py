@@ -30,7 +30,7 @@ import logging
 import numpy as np
 from art.estimators.classification import PyTorchClassifier
 
-from art_backdoor_ext._validation import Interval, check_images, check_labels
+from art_backdoor_ext._validation import Interval
 from art_backdoor_ext.defences.activation import _scoring
 from art_backdoor_ext.defences.activation._scoring import ClassAnalysis
 from art_backdoor_ext.defences.activation.multilayer import _MultiLayerDefence
@@ -99,12 +99,7 @@ class SubspaceReconstruction(_MultiLayerDefence):
         batch_size: int = 128,
     ) -> None:
         super().__init__(classifier, x_train, y_train)
-        clip = classifier.clip_values
-        self._x_clean = check_images(x_clean, name="x_clean", input_shape=classifier.input_shape,
-                                     clip_values=None if clip is None else (float(clip[0]), float(clip[1])),
-                                     allow_float64=True)
-        self._y_clean = check_labels(y_clean, n_samples=len(self._x_clean), nb_classes=classifier.nb_classes,
-                                     name="y_clean", allow_one_hot=True)
+        self._x_clean, self._y_clean = self._checked_set(classifier, x_clean, y_clean, "clean")
         counts = np.bincount(self._y_clean, minlength=classifier.nb_classes)
         if counts.max() < 2:
             raise DataError(f"x_clean needs at least 2 samples of a class to fit its subspace; it has at most "
