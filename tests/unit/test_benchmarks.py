@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from art_backdoor_ext.benchmarks import BenchmarkReport, available_benchmarks, run_benchmark
@@ -80,4 +81,23 @@ def test_sdrm_benchmark_tiny_run(monkeypatch):
     assert all(0 <= r[m] <= 1 for r in best for m in ("RBT", "SDRM-L", "SDRM-A"))
     speed = tables["speed: seconds per epoch, interleaved runs, median"]
     assert speed[0]["vs_RBT"] == 1.0 and speed[2]["epochs_timed"] == 1
+    json.dumps(report.to_dict())
+
+
+def test_mbds_benchmark_tiny_run(monkeypatch):
+    from art_backdoor_ext.benchmarks import mbds
+
+    monkeypatch.setitem(mbds.PROFILES, "fast", {**mbds.PROFILES["fast"], "victims": 2, "shadows": 2, "sweep": (1,),
+                                                "shadow_epochs": 5, "meta_epochs": 3, "victim_epochs": 2,
+                                                "speed_models": 2, "test": 60})
+    report = run_benchmark("mbds", profile="fast")
+    means, sweep, speed, per_victim, victims = report.tables.values()
+    assert len(victims) == 6 and len(per_victim) == 12  # 3 attacks x 2 victims x 2 feature sources
+    for row in means:  # each mean row is the mean of its victims' rows
+        group = [r for r in per_victim if r["attack"] == row["attack"] and r["feature source"] == row["feature source"]]
+        assert row["victims"] == 2 and row["F2"] == pytest.approx(np.mean([r["F2"] for r in group]))
+    assert [r["shadow models"] for r in sweep] == [1, 2]
+    # shadow-mode scores do not depend on the victim: same trigger, same fitted detector -> same FRR
+    badnets = [r for r in per_victim if r["attack"] == "BadNets" and r["feature source"] == "shadow"]
+    assert badnets[0]["FRR"] == badnets[1]["FRR"]
     json.dumps(report.to_dict())

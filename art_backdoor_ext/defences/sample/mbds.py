@@ -27,6 +27,7 @@ Choices this implementation makes where the paper is silent (each documented in 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -197,6 +198,8 @@ class MBDS(ParamsMixin, EvasionDetector):
         self.random_state = random_state
         self.verbose = verbose
         self._fitted = False
+        self._split_seed: int | None = None
+        self._reserve_digest: str | None = None
         self._check_params()
 
     def _check_params(self) -> None:
@@ -290,12 +293,10 @@ class MBDS(ParamsMixin, EvasionDetector):
 
         self._layer, self._shape, self._shadow, self._meta = layer, shape, shadow, meta.to(device)
         self._shadow_mean, self._shadow_std = torch.stack(means), torch.stack(stds)
-        f_victim, _ = self._victim_features(xm)
-        self._victim_mean, self._victim_std = _channel_stats(f_victim)
+        self._split_seed, self._reserve_digest = seeds[0], _digest(x)
         self._fitted = True
-        x_cal = x[idx_cal]
-        self._thresholds = {source: _threshold(self._score(x_cal, source), self.target_frr)
-                            for source in ("shadow", "victim")}
+        self._thresholds = {"shadow": _threshold(self._score(x[idx_cal], "shadow"), self.target_frr)}
+        self._calibrate_victim(xm, x[idx_cal])
         counts["meta_training_samples"] = int(len(balanced))
         self.fit_report_ = to_builtin({
             "feature_layer": layer, "feature_shape": list(shape), "n_shadow_models": len(shadow),
@@ -342,6 +343,48 @@ class MBDS(ParamsMixin, EvasionDetector):
             "scores": scores})
         return report, is_backdoor
 
+    def for_classifier(self, classifier: PyTorchClassifier, x: np.ndarray, y: np.ndarray) -> MBDS:
+        """
+        This fitted detector for another classifier of the same architecture, without retraining anything.
+
+        The shadow models, the meta-classifier and the shadow-mode threshold do not depend on the victim (the
+        paper's black-box setting), so one fit serves every model a defender screens. Only the victim-mode
+        feature statistics and threshold are recomputed, on the same meta/calibration parts of the reserve.
+
+        :param classifier: ART ``PyTorchClassifier`` with the same input shape, class count and feature layer.
+        :param x: The clean reserve given to :meth:`fit` (the split is redrawn from the same seed).
+        :param y: Its labels.
+        :return: A new detector sharing the shadow models and meta-classifier (``self`` is unchanged).
+        :raises DataError: a classifier of another input shape, class count or feature shape; a reserve other
+            than the fitted one; a detector loaded from a file written before the split seed was stored.
+        """
+        self._require_fitted()
+        check_pytorch_classifier(classifier, type(self))
+        if tuple(classifier.input_shape) != self._input_shape or classifier.nb_classes != self.classifier.nb_classes:
+            raise DataError(f"the detector was fitted for input shape {self._input_shape} and "
+                            f"{self.classifier.nb_classes} classes, the classifier has "
+                            f"{tuple(classifier.input_shape)} and {classifier.nb_classes}")
+        resolve_layers(classifier.model, [self._layer])
+        shape = feature_shape(classifier.model, self._input_shape, self._layer)
+        if tuple(shape) != tuple(self._shape):
+            raise DataError(f"layer {self._layer!r} of the classifier outputs {shape}, the detector was fitted on "
+                            f"{tuple(self._shape)}: use a classifier of the same architecture")
+        split_seed = self._split_seed
+        if split_seed is None:
+            raise DataError("this detector does not know its reserve split (a file written by an older version); "
+                            "fit it again")
+        other = copy.copy(self)
+        other.classifier = classifier
+        other._thresholds = dict(self._thresholds)
+        x = other._check_x(x, "x")
+        y = check_labels(y, n_samples=len(x), nb_classes=int(classifier.nb_classes), name="y", allow_one_hot=True)
+        if self._reserve_digest is not None and _digest(x) != self._reserve_digest:
+            raise DataError("x is not the reserve this detector was fitted on; for_classifier needs the same "
+                            "reserve to rebuild the meta/calibration split")
+        _, idx_meta, idx_cal = other._split(y, split_seed)
+        other._calibrate_victim(x[idx_meta], x[idx_cal])
+        return other
+
     @property
     def thresholds(self) -> dict[str, float]:
         """Calibrated thresholds per feature source."""
@@ -367,7 +410,8 @@ class MBDS(ParamsMixin, EvasionDetector):
         config = {"format": _FORMAT, "params": to_plain(params), "feature_layer": self._layer,
                   "feature_shape": list(self._shape), "meta": self._meta.config, "thresholds": self._thresholds,
                   "input_shape": list(self._input_shape), "nb_classes": int(self.classifier.nb_classes),
-                  "has_model_factory": self.model_factory is not None}
+                  "has_model_factory": self.model_factory is not None, "split_seed": self._split_seed,
+                  "reserve_digest": self._reserve_digest}
         blob = {"config": json.dumps(to_builtin(config)), "meta_state": state_to_cpu(self._meta),
                 "shadow_states": [state_to_cpu(m) for m in self._shadow],
                 "shadow_mean": self._shadow_mean.cpu(), "shadow_std": self._shadow_std.cpu(),
@@ -423,6 +467,7 @@ class MBDS(ParamsMixin, EvasionDetector):
         det._shadow_mean, det._shadow_std = blob["shadow_mean"], blob["shadow_std"]
         det._victim_mean, det._victim_std = blob["victim_mean"], blob["victim_std"]
         det._thresholds = {k: float(v) for k, v in config["thresholds"].items()}
+        det._split_seed, det._reserve_digest = config.get("split_seed"), config.get("reserve_digest")
         det._fitted = True
         return det
 
@@ -512,6 +557,12 @@ class MBDS(ParamsMixin, EvasionDetector):
                 f"calibration_fraction={self.calibration_fraction}; give a larger reserve")
         return shadow, meta, cal
 
+    def _calibrate_victim(self, x_meta: np.ndarray, x_cal: np.ndarray) -> None:
+        """Victim-mode standardisation (clean meta-training statistics) and threshold (calibration part)."""
+        f_victim, _ = self._victim_features(x_meta)
+        self._victim_mean, self._victim_std = _channel_stats(f_victim)
+        self._thresholds["victim"] = _threshold(self._score(x_cal, "victim"), self.target_frr)
+
     def _victim_features(self, x: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         classifier = self.classifier
         return module_features(classifier.model, x, self._layer, batch_size=self.batch_size,
@@ -530,6 +581,10 @@ class MBDS(ParamsMixin, EvasionDetector):
             total += meta_probabilities(self._meta, _normalise(feats, self._shadow_mean[i], self._shadow_std[i]),
                                         batch_size=self.batch_size)
         return total / len(self._shadow)
+
+
+def _digest(x: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes()).hexdigest()[:32]
 
 
 def _channel_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

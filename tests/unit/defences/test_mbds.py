@@ -158,3 +158,31 @@ def test_errors(badnets_victim, split, fitted):
         MBDS(clf, meta_fraction=0.6, calibration_fraction=0.5)
     with pytest.raises(InvalidParameterError, match="unknown parameter"):
         MBDS(clf).set_params(bogus=1)
+
+
+def test_for_classifier_reuses_shadows_and_recalibrates_victim(fitted, split, badnets_victim, fresh_classifier):
+    (xr, yr), (xe, _) = split
+    before = fitted.thresholds
+    same = fitted.for_classifier(badnets_victim.classifier, xr, yr)
+    # same classifier: the victim-mode statistics and threshold computed again equal those of fit
+    assert same.thresholds == before
+    np.testing.assert_array_equal(same.score(xe, feature_source="victim"), fitted.score(xe, feature_source="victim"))
+    other = fitted.for_classifier(fresh_classifier, xr, yr)
+    assert other.shadow_models[0] is fitted.shadow_models[0]  # nothing retrained
+    np.testing.assert_array_equal(other.score(xe), fitted.score(xe))  # shadow mode does not depend on the victim
+    assert other.thresholds["shadow"] == before["shadow"] and other.thresholds["victim"] != before["victim"]
+    assert other.classifier is fresh_classifier and fitted.classifier is badnets_victim.classifier
+    assert fitted.thresholds == before  # the fitted detector is unchanged
+    with pytest.raises(DataError, match="not the reserve"):
+        fitted.for_classifier(fresh_classifier, xr[::-1].copy(), yr[::-1].copy())
+    with pytest.raises(InvalidParameterError, match="unknown layer"):
+        fitted.for_classifier(make_other_arch(), xr, yr)
+    with pytest.raises(NotFittedError):
+        MBDS(fresh_classifier).for_classifier(fresh_classifier, xr, yr)
+
+
+def make_other_arch():
+    from art_backdoor_ext.models import make_classifier
+
+    return make_classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), input_shape=(1, 8, 8),
+                           nb_classes=10)
