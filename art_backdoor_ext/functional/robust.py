@@ -21,8 +21,8 @@ from scipy import optimize, special, stats
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 
 __all__ = [
-    "MAD_CONSISTENCY", "GammaNull", "OrderStatisticResult", "reciprocal_statistics", "fit_truncated_gamma",
-    "order_statistic_pvalue", "confusion_correction", "mad_anomaly_index",
+    "MAD_CONSISTENCY", "GammaNull", "OrderStatisticResult", "reciprocal_statistics", "asymmetry_statistics",
+    "fit_truncated_gamma", "order_statistic_pvalue", "confusion_correction", "mad_anomaly_index",
 ]  # fmt: skip
 
 #: Consistency constant making the MAD an unbiased estimate of the standard deviation of a Gaussian.
@@ -84,6 +84,28 @@ def reciprocal_statistics(sizes: ArrayLike) -> np.ndarray:
     out = np.full(arr.shape, np.nan)
     with np.errstate(divide="ignore"):
         out[off] = 1.0 / values
+    return out
+
+
+def asymmetry_statistics(sizes: ArrayLike) -> np.ndarray:
+    """Divide each pair's size by the size of the reverse pair: ``a_st = d(v_st) / d(v_ts)``.
+
+    Naturally confusable classes (T-shirt and shirt, 1 and 8) need small perturbations *in both directions*;
+    a backdoor makes one direction small and leaves the reverse alone. The result is a size-like matrix (small =
+    suspicious) for :func:`reciprocal_statistics`; a pair as easy as its reverse gets 1.
+
+    :param sizes: K x K sizes (rows source, columns target), diagonal ignored, off-diagonal finite and ``> 0``.
+    :return: K x K float64 with a NaN diagonal; ``a_ts = 1 / a_st``.
+    :raises DataError: not square, NaN/inf or non-positive off-diagonal sizes.
+
+    >>> asymmetry_statistics(np.array([[np.nan, 1.0], [4.0, np.nan]]))[0, 1]
+    np.float64(0.25)
+    """
+    arr, values = _square_matrix(sizes, "sizes")
+    if not np.isfinite(values).all() or (values <= 0).any():
+        raise DataError("sizes must be finite and > 0 off the diagonal for the asymmetry statistic")
+    out = arr / arr.T
+    np.fill_diagonal(out, np.nan)
     return out
 
 

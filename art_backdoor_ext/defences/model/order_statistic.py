@@ -13,6 +13,10 @@ flagged when p < ``significance``; the pair of r_max is the inferred (source, ta
 perturbation size by the mean size of the *individual* perturbations that move each of its samples on its
 own (measured with the same engine, one problem per sample). Naturally confusable classes need small
 perturbations both in common and individually, a backdoored pair only in common.
+
+``statistic="asymmetry"`` (this project's variant) divides each pair's size by the size of the reverse pair
+(:func:`~art_backdoor_ext.functional.robust.asymmetry_statistics`): confusable classes are close in both
+directions, a backdoor shortens only one. It costs nothing beyond the paper's scan.
 """
 
 from __future__ import annotations
@@ -34,7 +38,12 @@ from art_backdoor_ext.defences.model.perturbation import (
     pair_problems,
 )
 from art_backdoor_ext.exceptions import DataError
-from art_backdoor_ext.functional.robust import confusion_correction, order_statistic_pvalue, reciprocal_statistics
+from art_backdoor_ext.functional.robust import (
+    asymmetry_statistics,
+    confusion_correction,
+    order_statistic_pvalue,
+    reciprocal_statistics,
+)
 
 __all__ = ["OrderStatisticDetector", "OrderStatisticReport"]
 
@@ -47,7 +56,7 @@ class OrderStatisticReport:
 
     :ivar detected: True when the p-value is below the significance level.
     :ivar statistics: (K, K) perturbation sizes d(v_st) (row source, column target), NaN diagonal; with
-        ``statistic="ratio"`` the normalised sizes.
+        ``statistic="ratio"`` or ``"asymmetry"`` the normalised sizes.
     :ivar estimated_pattern: The optimised perturbation of the most extreme pair (the putative backdoor).
     """
 
@@ -99,7 +108,8 @@ class OrderStatisticDetector(ModelScanner):
     :param layer: ``"auto"`` (default: the activation after the first convolution, Eq. 10 with f1 the first
         convolutional layer, which measures best on our data), a layer name of the model, or None for the
         paper's principal input-space variant (clipped to the valid range).
-    :param statistic: ``"size"`` (the paper) or ``"ratio"`` (size over the mean individual size; see module doc).
+    :param statistic: ``"size"`` (the paper), ``"ratio"`` (size over the mean individual size) or
+        ``"asymmetry"`` (size over the reverse pair's size); see the module doc.
     :param significance: theta; detected when p < theta.
     :param step_size: L2 length of each normalised gradient step, relative to the scale of the space
         (sqrt(D) times the clip range in input space; the mean L2 norm of the clean features at ``layer``).
@@ -122,7 +132,7 @@ class OrderStatisticDetector(ModelScanner):
         "objective": [Options(("J", "Jp", "Jc"))],
         "confusion_correction": [Instance(bool)],
         "layer": [Instance(str), None],
-        "statistic": [Options(("size", "ratio"))],
+        "statistic": [Options(("size", "ratio", "asymmetry"))],
         "significance": [Interval(float, 0, 1, closed="neither")],
         "step_size": [Interval(float, 0, 1, closed="right")],
         "max_iter": [Interval(int, 1, None)],
@@ -249,6 +259,8 @@ class OrderStatisticDetector(ModelScanner):
         statistics = sizes
         if self.statistic == "ratio":
             statistics = sizes / np.maximum(self._individual_sizes(self.engine(scale), x, y, k), 1e-12)
+        elif self.statistic == "asymmetry":
+            statistics = asymmetry_statistics(np.maximum(sizes, 1e-12))
         ost = order_statistic_pvalue(reciprocal_statistics(np.where(np.eye(k, dtype=bool), np.nan, statistics)))
         pair_index = int(np.flatnonzero((problems.sources == ost.source) & (problems.targets == ost.target))[0])
         report = OrderStatisticReport(

@@ -48,6 +48,15 @@ def test_detects_the_single_source_backdoor_pair(ad_report):
     assert ad_report.estimated_pattern.shape == (16, 8, 8)
 
 
+def test_asymmetry_statistic_divides_by_the_reverse_pair(ad_report, chessboard_victim, digits):
+    x, y = sample_per_class(digits.x_test, digits.y_test, 20, random_state=0)
+    r = OrderStatisticDetector(chessboard_victim.classifier, statistic="asymmetry").scan(x, y)
+    np.testing.assert_array_equal(r.sizes, ad_report.sizes)  # same scan, only the statistic differs
+    off = ~np.eye(10, dtype=bool)
+    np.testing.assert_allclose(r.statistics[off], (r.sizes / r.sizes.T)[off])
+    assert r.detected and (r.source, r.target) == (1, 0)
+
+
 def test_report_json_round_trip(ad_report):
     d = json.loads(json.dumps(ad_report.to_dict(), allow_nan=False))
     assert d["target"] == 0 and d["statistics"][0][0] is None and len(d["statistics"]) == 10
