@@ -132,6 +132,7 @@ def _load_all() -> None:
     from art_backdoor_ext.benchmarks import (  # noqa: F401  (importing registers them)
         acss,
         ad,
+        ad_statistics,
         cepa,
         ensemble,
         mbds,

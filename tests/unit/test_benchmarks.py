@@ -101,3 +101,20 @@ def test_mbds_benchmark_tiny_run(monkeypatch):
     badnets = [r for r in per_victim if r["attack"] == "BadNets" and r["feature source"] == "shadow"]
     assert badnets[0]["FRR"] == badnets[1]["FRR"]
     json.dumps(report.to_dict())
+
+
+def test_ad_statistics_benchmark_tiny_run(monkeypatch):
+    from art_backdoor_ext.benchmarks import ad, ad_statistics
+
+    monkeypatch.setitem(ad.PROFILES, "fast", {**ad.PROFILES["fast"], "per_class": 4, "epochs": 2})
+    monkeypatch.setitem(ad_statistics.SETTINGS, "fast", {"models": 1, "scans": ("input L2",)})
+    report = run_benchmark("ad-statistics", profile="fast")
+    rows, victims = report.tables.values()
+    assert [(r["space and norm"], r["statistic"]) for r in rows] == [("input L2", "size (paper)"),
+                                                                      ("input L2", "asymmetry")]
+    assert [v["group"] for v in victims] == ["BD-P-S", "BD-G-S", "BD-G-M", "Clean"]
+    for r in rows:
+        assert r["mean over groups"] == pytest.approx(np.mean([r[g] for g in ad.GROUPS]))
+        assert all(r[g] in (0.0, 1.0) for g in ad.GROUPS)  # one victim per group
+        assert (r["Clean"] == 1.0) == (r["min p clean"] >= ad_statistics.THETA)
+    json.dumps(report.to_dict())

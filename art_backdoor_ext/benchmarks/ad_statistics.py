@@ -1,0 +1,87 @@
+"""Benchmark ``ad-statistics``: which AD statistic and space measure best on our data (issue 3's study).
+
+The AD paper's statistic is the size of each class pair's minimal common perturbation; on digits and
+Fashion-MNIST naturally confusable pairs are as small as backdoor pairs, so clean models get flagged. This
+benchmark scans each victim of the paper's four groups (same victims and seeds as ``bench ad``) once per
+space/norm and evaluates, from the *same* size matrix, the paper's size statistic and this project's asymmetry
+statistic (size over the reverse pair's size, :func:`~art_backdoor_ext.functional.robust.asymmetry_statistics`),
+at theta = 0.05. No Neural Cleanse and no speed run: this is the cheap, many-victim companion of ``bench ad``.
+
+fast: digits, 6 victims per group, input and first-conv spaces, L2 and L1. full: Fashion-MNIST, 5 victims per
+group, L2 in both spaces.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark
+from art_backdoor_ext.benchmarks.ad import GROUPS, PROFILES, _victim
+from art_backdoor_ext.datasets import load_dataset, sample_per_class
+from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
+from art_backdoor_ext.functional.robust import asymmetry_statistics, order_statistic_pvalue, reciprocal_statistics
+
+logger = logging.getLogger(__name__)
+
+SCANS: dict[str, dict[str, Any]] = {
+    "input L2": {"layer": None},
+    "first conv L2": {},
+    "input L1": {"layer": None, "norm": "l1"},
+    "first conv L1": {"norm": "l1"},
+}
+SETTINGS: dict[str, dict[str, Any]] = {
+    "fast": {"models": 6, "scans": tuple(SCANS)},
+    "full": {"models": 5, "scans": ("input L2", "first conv L2")},
+}
+STATISTICS = {"size (paper)": lambda d: d, "asymmetry": asymmetry_statistics}
+THETA = 0.05
+
+
+def _correct(ost: Any, target: int | None, sources: list[int]) -> bool:
+    """Clean: not flagged; attacked: flagged with the right target and a true source."""
+    if target is None:
+        return bool(ost.p_value >= THETA)
+    return bool(ost.p_value < THETA and ost.target == target and ost.source in sources)
+
+
+@register_benchmark("ad-statistics")
+def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, models: int | None = None
+                        ) -> BenchmarkReport:
+    cfg = dict(PROFILES[profile])
+    settings = SETTINGS[profile]
+    n_models = settings["models"] if models is None else models
+    data = load_dataset(cfg["dataset"])
+    outcomes: dict[tuple[str, str], dict[str, list[tuple[bool, float]]]] = defaultdict(lambda: defaultdict(list))
+    victims = []
+    for m in range(n_models):
+        for group in GROUPS:
+            seed = random_state + 100 * GROUPS.index(group) + m
+            clf, target, sources = _victim(group, seed, data, cfg)
+            x, y = sample_per_class(data.x_test, data.y_test, cfg["per_class"], random_state=seed)
+            victims.append({"group": group, "seed": seed, "target": target, "sources": str(sources)})
+            for scan in settings["scans"]:
+                sizes = OrderStatisticDetector(clf, **SCANS[scan]).scan(x, y).sizes
+                for stat, transform in STATISTICS.items():
+                    ost = order_statistic_pvalue(reciprocal_statistics(transform(np.maximum(sizes, 1e-12))))
+                    outcomes[(scan, stat)][group].append((_correct(ost, target, sources), float(ost.p_value)))
+            logger.info("bench ad-statistics: %s seed %d", group, seed)
+    rows = []
+    for (scan, stat), by_group in outcomes.items():
+        row: dict[str, Any] = {"space and norm": scan, "statistic": stat}
+        for group in GROUPS:
+            row[group] = float(np.mean([ok for ok, _ in by_group[group]]))
+        row["mean over groups"] = float(np.mean([row[g] for g in GROUPS]))
+        row["min p clean"] = float(min(p for _, p in by_group["Clean"]))
+        row["median p clean"] = float(np.median([p for _, p in by_group["Clean"]]))
+        row["max p attacked"] = float(max(p for g in GROUPS[:3] for _, p in by_group[g]))
+        rows.append(row)
+    report = BenchmarkReport("ad-statistics", profile, {
+        f"accuracy at theta = {THETA} (attacked: right target and source; clean: not flagged)": rows,
+        "victims": victims})
+    report.notes += [f"dataset {data.name}, {n_models} victims per group (the same seeds as bench ad), "
+                     f"{cfg['per_class']} clean images per class; both statistics from one scan per row pair"]
+    return report
