@@ -107,6 +107,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         layer=layer,
         norm=args.norm,
         objective=args.objective,
+        statistic=args.statistic,
         significance=args.significance,
         verbose=not args.quiet,
     )
@@ -174,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--weights", required=True, help="state_dict file (loaded with weights_only=True)")
     scan.add_argument("--data", required=True, help=".npz with clean x (N, C, H, W) float in [0, 1] and labels y")
     scan.add_argument("--classes", type=int, default=10)
-    scan.add_argument("--layer", default="auto", help="'auto' (first conv), a layer name, or 'input'")
+    scan.add_argument("--layer", default="input", help="'input' (default), 'auto' (first conv) or a layer name")
+    scan.add_argument("--statistic", choices=["asymmetry", "size", "ratio"], default="asymmetry",
+                      help="'asymmetry' (default: size over the reverse pair's size) or 'size' (the paper)")
     scan.add_argument("--norm", choices=["l1", "l2"], default="l2")
     scan.add_argument("--objective", choices=["J", "Jp", "Jc"], default="J")
     scan.add_argument("--significance", type=float, default=0.05)

@@ -120,19 +120,28 @@ def _clean_set(context: EvaluationContext, per_class: int = 20) -> tuple[np.ndar
     return sample_per_class(context.x_clean, context.y_clean, per_class, random_state=context.random_state)
 
 
-@register_defence("ad", "model-scanner", "AD order-statistic detector, first-conv feature space (this project)")
-def _ad(context: EvaluationContext) -> list[DefenceOutcome]:
+def _ad_outcome(context: EvaluationContext, **kwargs: Any) -> list[DefenceOutcome]:
     from art_backdoor_ext.defences import OrderStatisticDetector
 
-    report = OrderStatisticDetector(context.victim.classifier).scan(*_clean_set(context))
+    report = OrderStatisticDetector(context.victim.classifier, **kwargs).scan(*_clean_set(context))
     return [
         DefenceOutcome(
-            layer=str(report.settings["resolved_layer"]),
+            layer=str(report.settings["resolved_layer"] or "input"),
             detected=report.detected,
             found_target=report.target if report.detected else None,
             extra={"p_value": report.p_value},
         )
     ]
+
+
+@register_defence("ad", "model-scanner", "AD order-statistic detector, input space, asymmetry statistic (this project)")
+def _ad(context: EvaluationContext) -> list[DefenceOutcome]:
+    return _ad_outcome(context)
+
+
+@register_defence("ad-paper", "model-scanner", "AD order-statistic detector as in the paper (AD-J-P, input space)")
+def _ad_paper(context: EvaluationContext) -> list[DefenceOutcome]:
+    return _ad_outcome(context, statistic="size")
 
 
 @register_defence("nc", "model-scanner", "Neural Cleanse for PyTorch, MAD anomaly index > 2")

@@ -3,8 +3,9 @@
 Groups: single-source sparse-pixel (BD-P-S), single-source global chessboard (BD-G-S), multi-source chessboard
 (BD-G-M, three sources) and clean. Each victim draws its own source/target classes and trigger from its seed.
 Detectors: the paper's AD variants in input space (J, Jp, Jc, confusion-corrected, L1), this project's
-default (AD in the feature space of the first convolution), AD with the ratio statistic, the asymmetry statistic
-computed from the same scans (``+ asymmetry``), and Neural Cleanse.
+AD in the feature space of the first convolution, AD with the ratio statistic, the asymmetry statistic computed
+from the same scans (``+ asymmetry``; ``AD-J-P (input) + asymmetry`` is the detector's default), and Neural
+Cleanse.
 
 Speed: the batched engine (all K(K-1) pairs at once) against a faithful one-pair-at-a-time loop with the same
 stopping rule, on the same model and clean set, in the same run; the statistics must agree.
@@ -57,24 +58,26 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sparse_norm": 2.0,
         "global_norm": 2.0,
         "count": 300,
-        "variants": ["AD-J-P (input)", "AD-J-P-L1 (input)", "AD-J-C (input)", "AD-J-P (first conv, default)"],
+        "variants": ["AD-J-P (input)", "AD-J-P-L1 (input)", "AD-J-C (input)", "AD-J-P (first conv)"],
         "speed": False,
     },
 }
 
+_PAPER = {"layer": None, "statistic": "size"}
 VARIANTS: dict[str, dict[str, Any]] = {
-    "AD-J-P (input)": {"layer": None},
-    "AD-Jp-P (input)": {"layer": None, "objective": "Jp"},
-    "AD-Jc-P (input)": {"layer": None, "objective": "Jc"},
-    "AD-J-C (input)": {"layer": None, "confusion_correction": True},
-    "AD-J-P-L1 (input)": {"layer": None, "norm": "l1"},
+    "AD-J-P (input)": _PAPER,
+    "AD-Jp-P (input)": {**_PAPER, "objective": "Jp"},
+    "AD-Jc-P (input)": {**_PAPER, "objective": "Jc"},
+    "AD-J-C (input)": {**_PAPER, "confusion_correction": True},
+    "AD-J-P-L1 (input)": {**_PAPER, "norm": "l1"},
     "AD-J-P ratio (input)": {"layer": None, "statistic": "ratio"},
-    "AD-J-P (first conv, default)": {},
-    "AD-J-P-L1 (first conv)": {"norm": "l1"},
+    "AD-J-P (first conv)": {"layer": "auto", "statistic": "size"},
+    "AD-J-P-L1 (first conv)": {"layer": "auto", "statistic": "size", "norm": "l1"},
 }
 GROUPS = ("BD-P-S", "BD-G-S", "BD-G-M", "Clean")
 #: Variants whose sizes also feed the asymmetry statistic (size over the reverse pair's size).
-ASYMMETRY_FROM = ("AD-J-P (input)", "AD-J-P-L1 (input)", "AD-J-P (first conv, default)", "AD-J-P-L1 (first conv)")
+#: "AD-J-P (input) + asymmetry" is the detector's default configuration.
+ASYMMETRY_FROM = ("AD-J-P (input)", "AD-J-P-L1 (input)", "AD-J-P (first conv)", "AD-J-P-L1 (first conv)")
 
 
 def _victim(group: str, seed: int, data: Any, cfg: dict[str, Any]) -> tuple[Any, int | None, list[int]]:
@@ -120,7 +123,7 @@ def _neural_cleanse() -> Any:
 
 
 def _speed(clf: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    det = OrderStatisticDetector(clf, layer=None)
+    det = OrderStatisticDetector(clf, layer=None, statistic="size")
     engine = det.engine(det._scale(x))
     from art_backdoor_ext.defences.model.perturbation import pair_problems
 

@@ -29,9 +29,9 @@ logger = logging.getLogger(__name__)
 
 SCANS: dict[str, dict[str, Any]] = {
     "input L2": {"layer": None},
-    "first conv L2": {},
+    "first conv L2": {"layer": "auto"},
     "input L1": {"layer": None, "norm": "l1"},
-    "first conv L1": {"norm": "l1"},
+    "first conv L1": {"layer": "auto", "norm": "l1"},
 }
 SETTINGS: dict[str, dict[str, Any]] = {
     "fast": {"models": 6, "scans": tuple(SCANS)},

@@ -105,11 +105,12 @@ class OrderStatisticDetector(ModelScanner):
     :param norm: ``"l2"`` or ``"l1"``: the size d(v) used as statistic.
     :param objective: ``"J"`` (Eq. 3), ``"Jp"`` (Eq. 5) or ``"Jc"`` (Eq. 6).
     :param confusion_correction: Add the Eq. 7 compensation d0 (polynomial of order 3) to each size.
-    :param layer: ``"auto"`` (default: the activation after the first convolution, Eq. 10 with f1 the first
-        convolutional layer, which measures best on our data), a layer name of the model, or None for the
-        paper's principal input-space variant (clipped to the valid range).
-    :param statistic: ``"size"`` (the paper), ``"ratio"`` (size over the mean individual size) or
-        ``"asymmetry"`` (size over the reverse pair's size); see the module doc.
+    :param layer: None (default: the paper's principal input-space variant, clipped to the valid range),
+        ``"auto"`` (the activation after the first convolution, Eq. 10 with f1 the first convolutional layer)
+        or a layer name of the model.
+    :param statistic: ``"asymmetry"`` (default, this project: size over the reverse pair's size, which
+        measures best on digits and Fashion-MNIST, see docs/order-statistic.md), ``"size"`` (the paper) or
+        ``"ratio"`` (size over the mean individual size); see the module doc.
     :param significance: theta; detected when p < theta.
     :param step_size: L2 length of each normalised gradient step, relative to the scale of the space
         (sqrt(D) times the clip range in input space; the mean L2 norm of the clean features at ``layer``).
@@ -121,7 +122,8 @@ class OrderStatisticDetector(ModelScanner):
 
     Example::
 
-        det = OrderStatisticDetector(classifier, layer=None, norm="l2")
+        det = OrderStatisticDetector(classifier)                   # input space, asymmetry statistic
+        paper = OrderStatisticDetector(classifier, statistic="size")  # the paper's AD-J-P
         report = det.scan(x_clean, y_clean)   # e.g. 10-100 clean images per class
         report.detected, report.p_value, (report.source, report.target)
     """
@@ -151,8 +153,8 @@ class OrderStatisticDetector(ModelScanner):
         norm: str = "l2",
         objective: str = "J",
         confusion_correction: bool = False,
-        layer: str | None = "auto",
-        statistic: str = "size",
+        layer: str | None = None,
+        statistic: str = "asymmetry",
         significance: float = 0.05,
         step_size: float = 0.002,
         max_iter: int = 500,

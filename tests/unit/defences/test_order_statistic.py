@@ -38,23 +38,32 @@ def ad_report(chessboard_victim, digits):
 
 
 def test_detects_the_single_source_backdoor_pair(ad_report):
+    """Default: input space, asymmetry statistic (size over the reverse pair's size)."""
     assert ad_report.detected and ad_report.p_value < 0.05
     assert (ad_report.source, ad_report.target) == (1, 0)
-    assert ad_report.settings["resolved_layer"] == "relu1"
+    assert ad_report.settings["resolved_layer"] is None and ad_report.settings["statistic"] == "asymmetry"
     s = ad_report.statistics
     assert s.shape == (10, 10) and np.all(np.isnan(np.diag(s))) and np.all(np.isfinite(s[~np.eye(10, dtype=bool)]))
-    # the detected pair has the smallest perturbation size, by construction of r_max
+    # the detected pair has the smallest statistic, by construction of r_max
     assert s[ad_report.source, ad_report.target] == np.nanmin(s)
-    assert ad_report.estimated_pattern.shape == (16, 8, 8)
+    assert ad_report.estimated_pattern.shape == (1, 8, 8)
 
 
-def test_asymmetry_statistic_divides_by_the_reverse_pair(ad_report, chessboard_victim, digits):
+def test_paper_statistic_and_asymmetry_come_from_the_same_sizes(ad_report, chessboard_victim, digits):
     x, y = sample_per_class(digits.x_test, digits.y_test, 20, random_state=0)
-    r = OrderStatisticDetector(chessboard_victim.classifier, statistic="asymmetry").scan(x, y)
-    np.testing.assert_array_equal(r.sizes, ad_report.sizes)  # same scan, only the statistic differs
+    paper = OrderStatisticDetector(chessboard_victim.classifier, statistic="size").scan(x, y)
+    np.testing.assert_array_equal(paper.sizes, ad_report.sizes)  # same scan, only the statistic differs
     off = ~np.eye(10, dtype=bool)
-    np.testing.assert_allclose(r.statistics[off], (r.sizes / r.sizes.T)[off])
-    assert r.detected and (r.source, r.target) == (1, 0)
+    np.testing.assert_array_equal(paper.statistics[off], paper.sizes[off])
+    np.testing.assert_allclose(ad_report.statistics[off], (ad_report.sizes / ad_report.sizes.T)[off])
+    assert paper.detected and (paper.source, paper.target) == (1, 0)
+
+
+def test_first_conv_feature_space(chessboard_victim, digits):
+    x, y = sample_per_class(digits.x_test, digits.y_test, 10, random_state=0)
+    r = OrderStatisticDetector(chessboard_victim.classifier, layer="auto", statistic="size").scan(x, y)
+    assert r.settings["resolved_layer"] == "relu1" and r.estimated_pattern.shape == (16, 8, 8)
+    assert (r.source, r.target) == (1, 0)
 
 
 def test_report_json_round_trip(ad_report):
