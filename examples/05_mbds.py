@@ -55,6 +55,18 @@ def main(fast: bool = False) -> dict:
                "F2": f_beta(flagged, is_poison, beta=2.0)}
         print(f"{source:>6}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
         results[source] = row
+
+    # 4. One fit screens other suspect models of the same architecture: the shadow models and the meta-classifier
+    #    are reused, only the white-box statistics are recomputed for the new classifier.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        suspect = make_classifier(DigitsCNN(), device_type="cpu")
+    train_victim(suspect, split.x_attacker, split.y_attacker, data.x_test, data.y_test, white_patch, target=0,
+                 rate=0.05, nb_epochs=12, learning_rate=3e-3, random_state=2)
+    screened = mbds.for_classifier(suspect, split.x_reserved, split.y_reserved)
+    _, flagged = screened.detect(x_eval, feature_source="victim")
+    results["second_suspect_victim_F2"] = f_beta(flagged, is_poison, beta=2.0)
+    print(f"second suspect (same fit, victim features): F2 {results['second_suspect_victim_F2']:.3f}")
     return results
 
 
