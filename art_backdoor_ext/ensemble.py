@@ -37,6 +37,7 @@ import copy
 import logging
 import os
 import resource
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
@@ -167,6 +168,8 @@ class TrainingProfile:
     :ivar peak_cuda_bytes: ``torch.cuda.max_memory_allocated`` during the call (``None`` on CPU).
     :ivar max_rss_bytes: The process's peak resident memory so far (``getrusage``; a lifetime maximum, so it
         only reflects this call when the call is the most memory-hungry thing the process has done).
+    :ivar peak_rss_increase_bytes: Highest resident memory seen during the call (sampled every 5 ms from
+        ``/proc/self/statm``) minus the resident memory at its start; ``None`` where ``/proc`` is missing.
     """
 
     trainer: str
@@ -174,11 +177,14 @@ class TrainingProfile:
     seconds: float
     peak_cuda_bytes: int | None
     max_rss_bytes: int
+    peak_rss_increase_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"trainer": self.trainer, "n_models": int(self.n_models), "seconds": float(self.seconds),
                 "peak_cuda_bytes": None if self.peak_cuda_bytes is None else int(self.peak_cuda_bytes),
-                "max_rss_bytes": int(self.max_rss_bytes)}
+                "max_rss_bytes": int(self.max_rss_bytes),
+                "peak_rss_increase_bytes": None if self.peak_rss_increase_bytes is None
+                else int(self.peak_rss_increase_bytes)}
 
 
 def profile_training(
@@ -200,15 +206,58 @@ def profile_training(
     if on_cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    models = trainer(model_factory, datasets, **kwargs)
-    if on_cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    with _RssSampler() as sampler:
+        start = time.perf_counter()
+        models = trainer(model_factory, datasets, **kwargs)
+        if on_cuda:
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
     peak = int(torch.cuda.max_memory_allocated(device)) if on_cuda else None
     rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # kB on Linux
     name = getattr(trainer, "__name__", type(trainer).__name__)
-    return models, TrainingProfile(name, len(models), seconds, peak, rss)
+    return models, TrainingProfile(name, len(models), seconds, peak, rss, sampler.increase)
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _RssSampler:
+    """Peak resident memory above the starting level, sampled in a daemon thread while the block runs."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.increase: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start: int | None = None
+        self._peak = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = _resident_bytes()
+            if now is not None:
+                self._peak = max(self._peak, now)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> _RssSampler:
+        self._start = _resident_bytes()
+        if self._start is not None:
+            self._peak = self._start
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._start is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        end = _resident_bytes()
+        self.increase = max(self._peak, end or 0) - self._start
 
 
 # ---------------------------------------------------------------------------------------------- driver

@@ -21,6 +21,7 @@ __all__ = [
     "run_benchmark",
     "available_benchmarks",
     "machine_description",
+    "memory_columns",
 ]
 
 
@@ -126,6 +127,15 @@ def register_benchmark(name: str) -> Callable[[Callable[..., BenchmarkReport]], 
         return fn
 
     return decorate
+
+
+def memory_columns(batched: Any, sequential: Any) -> dict[str, float | None]:
+    """Peak resident-memory increase of two ``profile_training`` calls, MiB (CPU memory, sampled)."""
+
+    def mib(profile: Any) -> float | None:
+        return None if profile.peak_rss_increase_bytes is None else profile.peak_rss_increase_bytes / 2**20
+
+    return {"peak RSS +MiB (batched)": mib(batched), "peak RSS +MiB (sequential)": mib(sequential)}
 
 
 def _load_all() -> None:

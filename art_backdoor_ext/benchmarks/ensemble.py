@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark
+from art_backdoor_ext.benchmarks import BenchmarkReport, memory_columns, register_benchmark
 from art_backdoor_ext.datasets import load_dataset
 from art_backdoor_ext.ensemble import profile_training, train_ensemble, train_sequential
 from art_backdoor_ext.models import build_model
@@ -59,7 +59,7 @@ def bench_ensemble(*, profile: str, random_state: int, verbose: bool, models: in
                          "batched s": fast.seconds, "sequential s": slow.seconds,
                          "speedup": slow.seconds / fast.seconds,
                          "peak CUDA MiB (batched)": None if fast.peak_cuda_bytes is None
-                         else fast.peak_cuda_bytes / 2**20})
+                         else fast.peak_cuda_bytes / 2**20, **memory_columns(fast, slow)})
     report = BenchmarkReport("ensemble", profile, {"train_ensemble vs train_sequential (same data and steps)": rows})
     report.notes.append(f"{arch} on {cfg['images']} {data.name} images per model, {cfg['epochs']} epochs, Adam; "
                         "both trainers warmed up before timing; models_per_chunk = min(N, 32)")

@@ -26,7 +26,7 @@ import torch
 
 from art_backdoor_ext.attacks.jumbo import JumboDistribution
 from art_backdoor_ext.attacks.triggers import blend_trigger, patch_trigger
-from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark
+from art_backdoor_ext.benchmarks import BenchmarkReport, memory_columns, register_benchmark
 from art_backdoor_ext.datasets import load_dataset, split_for_defence
 from art_backdoor_ext.defences.sample import MBDS
 from art_backdoor_ext.ensemble import profile_training, train_ensemble, train_sequential
@@ -183,4 +183,4 @@ def _speed(cfg: dict[str, Any], x: np.ndarray, y: np.ndarray, nb_classes: int, s
     _, fast = profile_training(train_ensemble, factory, datasets, **kw)
     _, slow = profile_training(train_sequential, factory, datasets, **kw)
     return {"models": n, "epochs": 5, "batched s": fast.seconds, "sequential s": slow.seconds,
-            "speedup": slow.seconds / fast.seconds}
+            "speedup": slow.seconds / fast.seconds, **memory_columns(fast, slow)}

@@ -45,6 +45,7 @@ def test_ensemble_benchmark_tiny_run(monkeypatch):
     (rows,) = report.tables.values()
     assert len(rows) == 1 and rows[0]["models"] == 2
     assert rows[0]["speedup"] == pytest.approx(rows[0]["sequential s"] / rows[0]["batched s"])
+    assert rows[0]["peak RSS +MiB (batched)"] >= 0 and rows[0]["peak RSS +MiB (sequential)"] >= 0
     assert report.seconds > 0
 
 

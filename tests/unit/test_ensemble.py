@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -185,3 +186,21 @@ def test_profile_training_reports_cost(subsets):
     assert len(models) == 2 and profile.n_models == 2 and profile.trainer == "train_ensemble"
     assert profile.seconds > 0 and profile.max_rss_bytes > 0 and profile.peak_cuda_bytes is None
     assert json.loads(json.dumps(profile.to_dict()))["n_models"] == 2
+
+
+def test_profile_training_sees_peak_memory_of_the_call():
+    def hungry(_factory, datasets, **_kw):
+        block = np.ones(200 * 2**20, dtype=np.uint8)  # 200 MiB, touched, freed before returning
+        time.sleep(0.05)
+        del block
+        return []
+
+    def frugal(_factory, datasets, **_kw):
+        time.sleep(0.05)
+        return []
+
+    _, big = profile_training(hungry, _factory, [])
+    _, small = profile_training(frugal, _factory, [])
+    assert big.peak_rss_increase_bytes >= 150 * 2**20  # the freed block is still seen as the peak
+    assert small.peak_rss_increase_bytes < 50 * 2**20
+    assert json.loads(json.dumps(big.to_dict()))["peak_rss_increase_bytes"] == big.peak_rss_increase_bytes
