@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import os
 import time
@@ -54,6 +53,7 @@ from art_backdoor_ext._validation import (
 )
 from art_backdoor_ext.attacks.jumbo import JumboContamination, JumboDistribution
 from art_backdoor_ext.defences.base import to_builtin
+from art_backdoor_ext.defences.sample._mbds_io import load_mbds, save_mbds
 from art_backdoor_ext.defences.sample._meta import (
     MetaClassifier,
     feature_shape,
@@ -61,8 +61,6 @@ from art_backdoor_ext.defences.sample._meta import (
     meta_probabilities,
     module_features,
     probe_model,
-    state_to_cpu,
-    to_plain,
     train_meta_classifier,
 )
 from art_backdoor_ext.ensemble import train_ensemble
@@ -72,7 +70,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MBDS", "MetaClassifier"]
 
-_FORMAT = "art_backdoor_ext.mbds/1"
 _EPS = 1e-6
 _MIN_META, _MIN_CAL = 10, 10
 
@@ -403,20 +400,7 @@ class MBDS(ParamsMixin, EvasionDetector):
         Write the fitted detector to ``path``: ``torch.save`` of tensors, lists of tensors and a JSON config
         string only (no pickled Python objects). ``model_factory`` and ``distribution`` are not stored.
         """
-        self._require_fitted()
-        params = {k: v for k, v in self.get_params().items() if k not in ("model_factory", "distribution")}
-        params["checkpoint_dir"] = None if self.checkpoint_dir is None else os.fspath(self.checkpoint_dir)
-        params["random_state"] = self.random_state if isinstance(self.random_state, int) else None
-        config = {"format": _FORMAT, "params": to_plain(params), "feature_layer": self._layer,
-                  "feature_shape": list(self._shape), "meta": self._meta.config, "thresholds": self._thresholds,
-                  "input_shape": list(self._input_shape), "nb_classes": int(self.classifier.nb_classes),
-                  "has_model_factory": self.model_factory is not None, "split_seed": self._split_seed,
-                  "reserve_digest": self._reserve_digest}
-        blob = {"config": json.dumps(to_builtin(config)), "meta_state": state_to_cpu(self._meta),
-                "shadow_states": [state_to_cpu(m) for m in self._shadow],
-                "shadow_mean": self._shadow_mean.cpu(), "shadow_std": self._shadow_std.cpu(),
-                "victim_mean": self._victim_mean.cpu(), "victim_std": self._victim_std.cpu()}
-        torch.save(blob, os.fspath(path))
+        save_mbds(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, classifier: PyTorchClassifier, *,
@@ -428,48 +412,7 @@ class MBDS(ParamsMixin, EvasionDetector):
         :raises DataError: a file holding pickled objects (refused, nothing is executed), a wrong format, or a
             classifier whose input shape / class count differ from the saved ones.
         """
-        try:
-            blob = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as err:  # torch raises UnpicklingError / RuntimeError for disallowed globals
-            raise DataError(f"refused to load {os.fspath(path)!r}: MBDS files hold only tensors and a JSON config, "
-                            f"but this one needs pickled Python objects or is corrupt ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
-        keys = {"config", "meta_state", "shadow_states", "shadow_mean", "shadow_std", "victim_mean", "victim_std"}
-        if not isinstance(blob, dict) or not keys <= set(blob) or not isinstance(blob["config"], str):
-            raise DataError(f"{os.fspath(path)!r} is not an MBDS file (expected the keys {sorted(keys)})")
-        config = json.loads(blob["config"])
-        if config.get("format") != _FORMAT:
-            raise DataError(f"{os.fspath(path)!r} has format {config.get('format')!r}, expected {_FORMAT!r}")
-        check_pytorch_classifier(classifier, cls)
-        if tuple(config["input_shape"]) != tuple(classifier.input_shape) or \
-                config["nb_classes"] != int(classifier.nb_classes):
-            raise DataError(f"the file was fitted for input shape {tuple(config['input_shape'])} and "
-                            f"{config['nb_classes']} classes, the classifier has {tuple(classifier.input_shape)} "
-                            f"and {classifier.nb_classes}")
-        params = dict(config["params"])
-        det = cls(classifier, model_factory=model_factory, **params)
-        device = classifier_device(classifier)
-        factory = det._factory()
-        shadow = []
-        for i, state in enumerate(blob["shadow_states"]):
-            with torch.random.fork_rng(devices=[]):
-                model = factory(i)
-            model.load_state_dict(state)
-            shadow.append(model.to(device).eval())
-        meta_cfg = config["meta"]
-        meta = MetaClassifier(meta_cfg["in_channels"], meta_cfg["height"], meta_cfg["width"],
-                              tuple(meta_cfg["conv_channels"]), tuple(meta_cfg["hidden"]))
-        meta.load_state_dict(blob["meta_state"])
-        det._layer, det._shape = config["feature_layer"], tuple(config["feature_shape"])
-        det._shadow, det._meta = shadow, meta.to(device).eval()
-        det._shadow_mean, det._shadow_std = blob["shadow_mean"], blob["shadow_std"]
-        det._victim_mean, det._victim_std = blob["victim_mean"], blob["victim_std"]
-        det._thresholds = {k: float(v) for k, v in config["thresholds"].items()}
-        det._split_seed, det._reserve_digest = config.get("split_seed"), config.get("reserve_digest")
-        det._fitted = True
-        return det
+        return load_mbds(cls, path, classifier, model_factory=model_factory)
 
     # ------------------------------------------------------------------ steps
     @property
