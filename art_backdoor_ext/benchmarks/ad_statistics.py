@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark
-from art_backdoor_ext.benchmarks.ad import GROUPS, PROFILES, _victim
+from art_backdoor_ext.benchmarks.ad import GROUPS, PROFILES, _verdict, _victim
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
 from art_backdoor_ext.functional.robust import asymmetry_statistics, order_statistic_pvalue, reciprocal_statistics
@@ -39,13 +39,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 STATISTICS = {"size (paper)": lambda d: d, "asymmetry": asymmetry_statistics}
 THETA = 0.05
-
-
-def _correct(ost: Any, target: int | None, sources: list[int]) -> bool:
-    """Clean: not flagged; attacked: flagged with the right target and a true source."""
-    if target is None:
-        return bool(ost.p_value >= THETA)
-    return bool(ost.p_value < THETA and ost.target == target and ost.source in sources)
 
 
 @register_benchmark("ad-statistics")
@@ -67,7 +60,9 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
                 sizes = OrderStatisticDetector(clf, **SCANS[scan]).scan(x, y).sizes
                 for stat, transform in STATISTICS.items():
                     ost = order_statistic_pvalue(reciprocal_statistics(transform(np.maximum(sizes, 1e-12))))
-                    outcomes[(scan, stat)][group].append((_correct(ost, target, sources), float(ost.p_value)))
+                    outcome = {"p": ost.p_value, "found": ost.target, "source": ost.source, "target": target,
+                               "sources": sources}
+                    outcomes[(scan, stat)][group].append((_verdict(outcome, THETA)[0], float(ost.p_value)))
             logger.info("bench ad-statistics: %s seed %d", group, seed)
     rows = []
     for (scan, stat), by_group in outcomes.items():
