@@ -24,8 +24,19 @@ def _pyplot() -> Any:
     return plt
 
 
+_RECIPROCAL_LABELS = {
+    "size": ("1/d(v_st)", "reciprocal perturbation size"),
+    "asymmetry": ("d(v_ts)/d(v_st)", "reverse size over size (reciprocal asymmetry)"),
+    "ratio": ("individual/common size", "reciprocal size ratio (individual over common)"),
+}
+
+
 def plot_order_statistic(report: Any, path: str | Path | None = None) -> Any:
     """Histogram of AD's reciprocal statistics with the fitted Gamma null and the most extreme pair.
+
+    The axis and legend name the statistic the scan used (``report.settings["statistic"]``): the reciprocal
+    perturbation size 1/d(v_st) for the paper's ``"size"``, the reverse-over-forward size ratio d(v_ts)/d(v_st)
+    for ``"asymmetry"``, the individual-over-common size ratio for ``"ratio"``.
 
     :param report: An :class:`~art_backdoor_ext.defences.model.order_statistic.OrderStatisticReport`.
     :param path: Save the figure there (PNG/PDF by suffix); the figure is returned either way.
@@ -37,7 +48,9 @@ def plot_order_statistic(report: Any, path: str | Path | None = None) -> Any:
     off = ~np.eye(k, dtype=bool)
     recip = 1.0 / report.statistics[off]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(recip, bins=30, density=True, color="#8aa", label="reciprocal statistics 1/d(v_st)")
+    statistic = getattr(report, "settings", {}).get("statistic", "size")
+    label, axis = _RECIPROCAL_LABELS.get(statistic, _RECIPROCAL_LABELS["size"])
+    ax.hist(recip, bins=30, density=True, color="#8aa", label=f"reciprocal statistics {label}")
     grid = np.linspace(0, recip.max() * 1.1, 400)
     null = report.null
     ax.plot(grid, stats.gamma.pdf(grid, a=null["shape"], scale=null["scale"]), color="k", label="fitted Gamma null")
@@ -46,7 +59,7 @@ def plot_order_statistic(report: Any, path: str | Path | None = None) -> Any:
                label=f"max: {report.source}->{report.target}, p={report.p_value:.2g}")
     if null.get("truncation") is not None:
         ax.axvline(null["truncation"], color="#888", ls=":", label="truncation")
-    ax.set_xlabel("reciprocal perturbation size")
+    ax.set_xlabel(axis)
     ax.set_ylabel("density")
     ax.set_title("AD: " + ("backdoor detected" if report.detected else "no backdoor detected"))
     ax.legend(fontsize=7)

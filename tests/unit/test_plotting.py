@@ -13,6 +13,7 @@ from art_backdoor_ext.plotting import (  # noqa: E402
     cepa_evidence_by_target,
     plot_cepa_statistics,
     plot_feature_projections,
+    plot_order_statistic,
     plot_trigger_estimate,
 )
 
@@ -96,3 +97,31 @@ def test_feature_projection_grid_has_a_panel_per_model_and_level(tmp_path):
         plot_feature_projections({"RBT": {"s1": (np.zeros((3, 3)), np.zeros((3, 2)))}})
     with pytest.raises(InvalidParameterError, match="at least one row"):
         plot_feature_projections({})
+
+
+def _ad_report(statistic: str):
+    from art_backdoor_ext.defences.model.order_statistic import OrderStatisticReport
+
+    rng = np.random.default_rng(1)
+    k = 5
+    stats = rng.uniform(1, 2, (k, k))
+    np.fill_diagonal(stats, np.nan)
+    stats[3, 0] = 0.2  # the most extreme pair: smallest statistic, largest reciprocal
+    return OrderStatisticReport(
+        detected=True, p_value=0.003, source=3, target=0, statistics=stats, sizes=stats, misclassification=stats,
+        reached=~np.isnan(stats), estimated_pattern=np.zeros((1, 2, 2)),
+        null={"shape": 8.0, "scale": 0.08, "truncation": 0.9}, significance=0.05, seconds=0.0,
+        settings={"statistic": statistic})
+
+
+@pytest.mark.parametrize(("statistic", "needle"), [("size", "1/d(v_st)"), ("asymmetry", "d(v_ts)/d(v_st)")])
+def test_order_statistic_plot_names_the_statistic_and_marks_the_extreme_pair(tmp_path, statistic, needle):
+    path = tmp_path / "ad.png"
+    fig = plot_order_statistic(_ad_report(statistic), path)
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert any(needle in label for label in labels)
+    assert any(label.startswith("max: 3->0") for label in labels)
+    marked = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert marked == [pytest.approx(5.0)]  # 1 / 0.2
+    assert path.stat().st_size > 0
