@@ -10,7 +10,7 @@ import numpy as np
 from art_backdoor_ext.exceptions import InvalidParameterError
 
 __all__ = ["plot_order_statistic", "cepa_evidence_by_target", "plot_cepa_statistics", "plot_trigger_estimate",
-           "plot_feature_projections"]
+           "plot_feature_projections", "plot_detection_scores"]
 
 
 def _pyplot() -> Any:
@@ -215,6 +215,47 @@ def plot_feature_projections(projections: dict[str, dict[str, tuple[np.ndarray, 
     axes[0][0].legend(fontsize=6, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_detection_scores(scores: dict[str, np.ndarray], threshold: float | None = None, *,
+                          title: str = "detection scores", bins: int = 40, path: str | Path | None = None) -> Any:
+    """Overlaid histograms of a sample detector's scores per group (e.g. clean vs triggered), with its threshold.
+
+    Works for any detector that scores inputs (MBDS ``score``, STRIP entropies, feature-squeezing distances). The
+    legend gives each group's size and the fraction of it above the threshold (flagged, when higher scores mean
+    more suspicious).
+
+    :param scores: Group name -> 1-D scores (at least one non-empty group).
+    :param threshold: Decision threshold drawn as a vertical line (None: no line).
+    :param title: Axes title.
+    :param bins: Histogram bins, shared by all groups.
+    :param path: Save the figure there (PNG/PDF by suffix); the figure is returned either way.
+    :raises InvalidParameterError: no group, an empty group, or non-finite scores.
+    """
+    if not scores:
+        raise InvalidParameterError("plot_detection_scores: give at least one group of scores")
+    groups = {name: np.asarray(values, dtype=float).ravel() for name, values in scores.items()}
+    for name, values in groups.items():
+        if values.size == 0 or not np.all(np.isfinite(values)):
+            raise InvalidParameterError(f"plot_detection_scores: group {name!r} is empty or holds non-finite scores")
+    plt = _pyplot()
+    edges = np.histogram_bin_edges(np.concatenate(list(groups.values())), bins=bins)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in groups.items():
+        label = f"{name} (n={values.size}"
+        if threshold is not None:
+            label += f", {np.mean(values > threshold):.0%} above"
+        ax.hist(values, bins=edges, alpha=0.55, density=True, label=label + ")")
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.3g}")
+    ax.set_xlabel("score")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

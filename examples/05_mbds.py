@@ -1,6 +1,6 @@
 """MBDS: a meta-classifier over shadow models flags backdoored inputs, trained from a small clean reserve only.
 
-Run: python examples/05_mbds.py [--fast]
+Run: python examples/05_mbds.py [--fast] [--plot scores.png]
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 
-def main(fast: bool = False) -> dict:
+def main(fast: bool = False, plot: str | None = None) -> dict:
     import torch
 
     from art_backdoor_ext.datasets import load_digits, split_for_defence
@@ -56,6 +56,15 @@ def main(fast: bool = False) -> dict:
         print(f"{source:>6}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
         results[source] = row
 
+    if plot:  # histograms of the black-box scores, clean vs triggered, with the calibrated threshold
+        from art_backdoor_ext.plotting import plot_detection_scores
+
+        scores = mbds.score(x_eval, feature_source="shadow")
+        plot_detection_scores({"clean test images": scores[~is_poison], "patched non-target images": scores[is_poison]},
+                              threshold=mbds.thresholds["shadow"], title="MBDS black-box scores (digits, 2x2 patch)",
+                              path=plot)
+        print(f"score histograms written to {plot}")
+
     # 4. One fit screens other suspect models of the same architecture: the shadow models and the meta-classifier
     #    are reused, only the white-box statistics are recomputed for the new classifier.
     with torch.random.fork_rng(devices=[]):
@@ -71,4 +80,4 @@ def main(fast: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    main(fast="--fast" in sys.argv)
+    main(fast="--fast" in sys.argv, plot=sys.argv[sys.argv.index("--plot") + 1] if "--plot" in sys.argv else None)

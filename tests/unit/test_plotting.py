@@ -12,6 +12,7 @@ from art_backdoor_ext.exceptions import InvalidParameterError  # noqa: E402
 from art_backdoor_ext.plotting import (  # noqa: E402
     cepa_evidence_by_target,
     plot_cepa_statistics,
+    plot_detection_scores,
     plot_feature_projections,
     plot_order_statistic,
     plot_trigger_estimate,
@@ -125,3 +126,19 @@ def test_order_statistic_plot_names_the_statistic_and_marks_the_extreme_pair(tmp
     marked = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert marked == [pytest.approx(5.0)]  # 1 / 0.2
     assert path.stat().st_size > 0
+
+
+def test_score_histograms_report_the_fraction_above_the_threshold(tmp_path):
+    clean, triggered = np.array([0.1, 0.2, 0.3, 0.9]), np.array([0.8, 0.95, 0.2])
+    fig = plot_detection_scores({"clean": clean, "triggered": triggered}, threshold=0.5, path=tmp_path / "s.png")
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "clean (n=4, 25% above)" in labels
+    assert "triggered (n=3, 67% above)" in labels
+    assert "threshold 0.5" in labels
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("scores", [{}, {"clean": np.array([])}, {"clean": np.array([0.1, np.nan])}])
+def test_score_histograms_refuse_empty_or_non_finite_groups(scores):
+    with pytest.raises(InvalidParameterError, match="plot_detection_scores"):
+        plot_detection_scores(scores)
