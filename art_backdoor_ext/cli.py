@@ -1,4 +1,4 @@
-"""Command line: ``art-backdoor-ext demo | evaluate | bench``.
+"""Command line: ``art-backdoor-ext demo | evaluate | scan | bench``.
 
 A thin shim over the public API; it is the only place that prints.
 """
@@ -77,51 +77,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_scan(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
-    from art_backdoor_ext.defences import OrderStatisticDetector
-    from art_backdoor_ext.exceptions import DataError
-    from art_backdoor_ext.models import build_model, make_classifier
-    from art_backdoor_ext.plotting import plot_order_statistic
-
-    model = build_model(args.arch, nb_classes=args.classes)
-    try:
-        state = torch.load(args.weights, map_location="cpu", weights_only=True)  # never runs code from the file
-    except Exception as err:  # noqa: BLE001 - any unpickling refusal or I/O error is reported plainly
-        raise DataError(f"cannot load weights from {args.weights} as a state_dict (weights_only=True): {err}") from err
-    if not isinstance(state, dict):
-        raise DataError(f"{args.weights} does not hold a state_dict (got {type(state).__name__})")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise DataError(f"{args.weights} does not match architecture {args.arch!r}: {err}") from err
-    with np.load(args.data, allow_pickle=False) as data:
-        if "x" not in data or "y" not in data:
-            raise DataError(f"{args.data} must be an .npz file with arrays 'x' (N, C, H, W) and 'y' (N,)")
-        x, y = data["x"].astype(np.float32), data["y"]
-    layer = None if args.layer == "input" else args.layer
-    detector = OrderStatisticDetector(
-        make_classifier(model),
-        layer=layer,
-        norm=args.norm,
-        objective=args.objective,
-        statistic=args.statistic,
-        significance=args.significance,
-        verbose=not args.quiet,
-    )
-    report = detector.scan(x, y)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    plot_order_statistic(report, out / "statistics.png")
-    verdict = "BACKDOOR DETECTED" if report.detected else "no backdoor detected"
-    print(f"{verdict}: p = {report.p_value:.3g}, most extreme pair {report.source} -> {report.target}")
-    print(f"report: {out / 'report.json'}, plot: {out / 'statistics.png'}")
-    return 0
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     from art_backdoor_ext.benchmarks import available_benchmarks, run_benchmark
 
@@ -141,6 +96,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from art_backdoor_ext._cli_scan import add_scan_parser
+
     parser = argparse.ArgumentParser(prog="art-backdoor-ext", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,22 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_evaluate)
 
-    scan = sub.add_parser("scan", help="scan a saved model for a backdoor with AD")
-    scan.add_argument(
-        "--arch", required=True, help="reference architecture: digits-cnn, badnets-cnn, cifar-cnn, resnet18"
-    )
-    scan.add_argument("--weights", required=True, help="state_dict file (loaded with weights_only=True)")
-    scan.add_argument("--data", required=True, help=".npz with clean x (N, C, H, W) float in [0, 1] and labels y")
-    scan.add_argument("--classes", type=int, default=10)
-    scan.add_argument("--layer", default="input", help="'input' (default), 'auto' (first conv) or a layer name")
-    scan.add_argument("--statistic", choices=["asymmetry", "size", "ratio"], default="asymmetry",
-                      help="'asymmetry' (default: size over the reverse pair's size) or 'size' (the paper)")
-    scan.add_argument("--norm", choices=["l1", "l2"], default="l2")
-    scan.add_argument("--objective", choices=["J", "Jp", "Jc"], default="J")
-    scan.add_argument("--significance", type=float, default=0.05)
-    scan.add_argument("--output", default="scan-output", help="folder for report.json and statistics.png")
-    scan.add_argument("--quiet", action="store_true")
-    scan.set_defaults(func=_cmd_scan)
+    add_scan_parser(sub)
 
     bench = sub.add_parser("bench", help="paper-table and speed benchmarks")
     bench.add_argument("name", help="benchmark name, or 'all'")

@@ -10,7 +10,7 @@ import numpy as np
 from art_backdoor_ext.exceptions import InvalidParameterError
 
 __all__ = ["plot_order_statistic", "cepa_evidence_by_target", "plot_cepa_statistics", "plot_trigger_estimate",
-           "plot_feature_projections", "plot_detection_scores"]
+           "plot_feature_projections", "plot_detection_scores", "plot_neural_cleanse"]
 
 
 def _pyplot() -> Any:
@@ -256,6 +256,45 @@ def plot_detection_scores(scores: dict[str, np.ndarray], threshold: float | None
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_neural_cleanse(report: Any, true_target: int | None = None, path: str | Path | None = None) -> Any:
+    """Neural Cleanse's evidence: one bar per putative target, the L1 norm of its reverse-engineered mask.
+
+    Bars of flagged classes (anomaly index above the threshold) are red, targets that never reached the
+    misclassification goal are hatched grey; each bar is labelled with its low-side MAD anomaly index. The
+    ``true_target`` (when known, e.g. in a benchmark) is outlined.
+
+    :param report: A :class:`~art_backdoor_ext.defences.model.neural_cleanse.NeuralCleanseReport`.
+    :param true_target: Class to outline (None: none).
+    :param path: Save the figure there (PNG/PDF by suffix); the figure is returned either way.
+    """
+    plt = _pyplot()
+    norms = np.asarray(report.statistics, dtype=float)
+    index = np.asarray(report.anomaly_index, dtype=float)
+    reached = np.asarray(report.reached, dtype=bool)
+    k = len(norms)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * k + 1.5), 3.2))
+    colors = ["#c33" if c in report.flagged else ("#8aa" if reached[c] else "#ccc") for c in range(k)]
+    bars = ax.bar(np.arange(k), norms, color=colors, hatch=None)
+    for c, bar in enumerate(bars):
+        if not reached[c]:
+            bar.set_hatch("//")
+        if true_target is not None and c == true_target:
+            bar.set_edgecolor("k")
+            bar.set_linewidth(2)
+        label = "n/a" if not np.isfinite(index[c]) else f"{index[c]:.1f}"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                    fontsize=7)
+    ax.set_xticks(np.arange(k))
+    ax.set_xlabel("putative target class (label: anomaly index)")
+    ax.set_ylabel("mask L1 norm")
+    verdict = f"flagged {report.flagged}" if report.detected else "no backdoor detected"
+    ax.set_title(f"Neural Cleanse: {verdict} (threshold {report.anomaly_threshold:g})", fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

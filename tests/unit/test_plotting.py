@@ -14,6 +14,7 @@ from art_backdoor_ext.plotting import (  # noqa: E402
     plot_cepa_statistics,
     plot_detection_scores,
     plot_feature_projections,
+    plot_neural_cleanse,
     plot_order_statistic,
     plot_trigger_estimate,
 )
@@ -142,3 +143,23 @@ def test_score_histograms_report_the_fraction_above_the_threshold(tmp_path):
 def test_score_histograms_refuse_empty_or_non_finite_groups(scores):
     with pytest.raises(InvalidParameterError, match="plot_detection_scores"):
         plot_detection_scores(scores)
+
+
+def test_neural_cleanse_bars_colour_flagged_and_unreached_targets(tmp_path):
+    from art_backdoor_ext.defences.model.neural_cleanse import NeuralCleanseReport
+
+    norms = np.array([2.0, 9.0, 10.0, 11.0, 30.0])
+    report = NeuralCleanseReport(
+        detected=True, p_value=None, source=None, target=0, flagged=[0], statistics=norms,
+        anomaly_index=np.array([3.5, 0.4, 0.0, 0.4, np.nan]), reached=np.array([True, True, True, True, False]),
+        misclassification=np.full(5, 0.99), estimated_pattern=None, anomaly_threshold=2.0, seconds=0.0)
+    fig = plot_neural_cleanse(report, true_target=0, path=tmp_path / "nc.png")
+    ax = fig.axes[0]
+    bars = ax.patches
+    assert [b.get_height() for b in bars] == list(norms)
+    assert bars[0].get_facecolor()[:3] == pytest.approx((0.8, 0.2, 0.2))  # flagged: red
+    assert bars[4].get_hatch() == "//" and bars[1].get_hatch() is None  # never reached pi: hatched
+    assert bars[0].get_linewidth() == 2 and bars[1].get_linewidth() != 2  # the true target is outlined
+    assert [t.get_text() for t in ax.texts] == ["3.5", "0.4", "0.0", "0.4", "n/a"]
+    assert "flagged [0]" in ax.get_title()
+    assert (tmp_path / "nc.png").stat().st_size > 0
