@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test demo lint bench-fast clean
+.PHONY: test test-gpu demo lint bench-fast clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# On a CUDA machine: only the device-path cases (tests/devices), which the default suite skips without CUDA.
+test-gpu: $(STAMP)
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'test-gpu needs CUDA')"
+	$(PY) -m pytest -q -m gpu
 
 demo: $(STAMP)
 	$(VENV)/bin/art-backdoor-ext demo
