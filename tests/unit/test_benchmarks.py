@@ -98,6 +98,10 @@ def test_mbds_benchmark_tiny_run(monkeypatch):
         group = [r for r in per_victim if r["attack"] == row["attack"] and r["feature source"] == row["feature source"]]
         assert row["victims"] == 2 and row["F2"] == pytest.approx(np.mean([r["F2"] for r in group]))
     assert [r["shadow models"] for r in sweep] == [1, 2]
+    for attack in ("BadNets", "Blended", "Jumbo"):  # the main shadow count's sweep row is the means table's F2
+        for source in ("shadow", "victim"):
+            mean = next(r for r in means if r["attack"] == attack and r["feature source"] == source)
+            assert sweep[1][f"F2 {source} {attack}"] == pytest.approx(mean["F2"])
     # shadow-mode scores do not depend on the victim: same trigger, same fitted detector -> same FRR
     badnets = [r for r in per_victim if r["attack"] == "BadNets" and r["feature source"] == "shadow"]
     assert badnets[0]["FRR"] == badnets[1]["FRR"]
