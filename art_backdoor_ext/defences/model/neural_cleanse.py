@@ -17,9 +17,10 @@ the size of a working trigger, and, as Xiang et al. (AD, 2020) note, such values
 are still reported, with ``reached`` False and a NaN (JSON ``null``) anomaly index.
 
 Differences from the paper's implementation, all deliberate: the whole clean set is one batch per
-iteration (no mini-batches), ``patience`` counts iterations rather than epochs, there is no early stop
-(every target runs ``max_iter`` iterations), and every target starts from the same random mask and
-pattern (drawn from ``random_state``), so that the norms differ only because of the model.
+iteration (no mini-batches), ``patience`` and ``early_stop_patience`` count iterations rather than epochs (a
+target stops after ``early_stop_patience`` iterations without a smaller successful mask, once its cost has
+gone up and down; ``None`` runs every target ``max_iter`` iterations), and every target starts from the same
+random mask and pattern (drawn from ``random_state``), so that the norms differ only because of the model.
 """
 
 from __future__ import annotations
@@ -98,7 +99,11 @@ class PyTorchNeuralCleanse(ModelScanner):
     :param init_cost: Initial weight of the L1 mask penalty (adapted per target during the optimisation).
     :param learning_rate: Adam learning rate on the (sigmoid-parametrised) mask and pattern.
     :param patience: Iterations at (below) ``pi`` before the penalty weight is raised (lowered).
-    :param max_iter: Iterations per target (no early stop).
+    :param max_iter: Iteration cap per target.
+    :param early_stop_patience: A target that has reached ``pi`` stops after this many iterations without
+        shrinking its best mask's L1 norm by more than ``early_stop_tolerance`` (relative); None: every target runs
+        ``max_iter`` iterations. The scan ends when every target has stopped (Wang et al.'s code stops early too).
+    :param early_stop_tolerance: Relative L1 decrease that counts as an improvement.
     :param anomaly_threshold: Detected when the target's low-side MAD anomaly index exceeds it (2 in the paper).
     :param max_samples_per_target: Subsample each target's pooled clean samples to at most this many (None:
         all samples of the other classes).
@@ -119,6 +124,8 @@ class PyTorchNeuralCleanse(ModelScanner):
         "learning_rate": [Interval(float, 0, None, closed="neither")],
         "patience": [Interval(int, 1, None)],
         "max_iter": [Interval(int, 1, None)],
+        "early_stop_patience": [Interval(int, 1, None), None],
+        "early_stop_tolerance": [Interval(float, 0, 1, closed="left")],
         "anomaly_threshold": [Interval(float, 0, None, closed="neither")],
         "max_samples_per_target": [Interval(int, 1, None), None],
         "batch_size": [Interval(int, 1, None)],
@@ -129,6 +136,7 @@ class PyTorchNeuralCleanse(ModelScanner):
 
     def __init__(self, classifier: Any, *, target_misclassification: float = 0.8, init_cost: float = 1e-3,
                  learning_rate: float = 0.1, patience: int = 5, max_iter: int = 500,
+                 early_stop_patience: int | None = 50, early_stop_tolerance: float = 0.01,
                  anomaly_threshold: float = 2.0, max_samples_per_target: int | None = None,
                  batch_size: int = 4096, random_state: int | None = None, verbose: bool = False) -> None:
         super().__init__(classifier)
@@ -137,6 +145,8 @@ class PyTorchNeuralCleanse(ModelScanner):
         self.learning_rate = learning_rate
         self.patience = patience
         self.max_iter = max_iter
+        self.early_stop_patience = early_stop_patience
+        self.early_stop_tolerance = early_stop_tolerance
         self.anomaly_threshold = anomaly_threshold
         self.max_samples_per_target = max_samples_per_target
         self.batch_size = batch_size
@@ -156,7 +166,8 @@ class PyTorchNeuralCleanse(ModelScanner):
         init_seed = self._seeds()[1] if seed is None else seed
         low, high = (float(v) for v in self.classifier.clip_values)
         parametrisation = MaskPattern(self.learning_rate, self.init_cost, self.patience, random_state=init_seed,
-                                      value_range=(low, high))
+                                      value_range=(low, high), early_stop_patience=self.early_stop_patience,
+                                      early_stop_tolerance=self.early_stop_tolerance)
         return PerturbationEngine(
             self.classifier, parametrisation, target_misclassification=self.target_misclassification,
             max_iter=self.max_iter, max_batch_images=self.batch_size, verbose=self.verbose)

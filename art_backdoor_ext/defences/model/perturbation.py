@@ -159,14 +159,31 @@ class MaskPattern:
     running all problems at once, in chunks, or one at a time gives the same result (Adam and the adaptive
     cost act per element / per problem). ``random_state=None`` draws the seed once, at construction.
 
+    Early stop (as in Wang et al.'s reference code): once a problem's cost has been both raised and lowered (the
+    cost has found its balance around ``pi``), it is frozen (its kept mask no longer changes) after
+    ``early_stop_patience`` consecutive iterations without shrinking the mask's L1 norm, at ``pi``, by more than
+    ``early_stop_tolerance`` (relative) below its value at the last such improvement; a chunk stops when all its
+    problems are frozen. A problem's result still depends on its own
+    trajectory only, not on the problems sharing its chunk.
+
     :param value_range: (low, high) of the space the pattern lives in (the classifier's ``clip_values`` in
         input space); the pattern is kept inside it.
+    :param early_stop_patience: Iterations without improvement before a problem is frozen (None: never; every
+        problem runs ``max_iter`` iterations).
+    :param early_stop_tolerance: Relative L1 decrease that counts as an improvement.
     """
 
     stops_at_target = False
 
     def __init__(self, learning_rate: float = 0.1, init_cost: float = 1e-3, patience: int = 5, *,
-                 random_state: int | None = None, value_range: tuple[float, float] = (0.0, 1.0)) -> None:
+                 random_state: int | None = None, value_range: tuple[float, float] = (0.0, 1.0),
+                 early_stop_patience: int | None = None, early_stop_tolerance: float = 0.01) -> None:
+        if early_stop_patience is not None and (isinstance(early_stop_patience, bool)
+                                                or not isinstance(early_stop_patience, int)
+                                                or early_stop_patience < 1):
+            raise InvalidParameterError(f"early_stop_patience must be None or an int >= 1, got {early_stop_patience!r}")
+        if not 0.0 <= float(early_stop_tolerance) < 1.0:
+            raise InvalidParameterError(f"early_stop_tolerance must be in [0, 1), got {early_stop_tolerance!r}")
         if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, int)
                                          or random_state < 0):
             raise InvalidParameterError(f"random_state must be None or an int >= 0, got {random_state!r}")
@@ -178,11 +195,15 @@ class MaskPattern:
         self.patience = patience
         self.random_state = random_state
         self.value_range = (low, high)
+        self.early_stop_patience = early_stop_patience
+        self.early_stop_tolerance = float(early_stop_tolerance)
         self._seed = int(np.random.SeedSequence(random_state).generate_state(1)[0])
         self._optimizer: torch.optim.Optimizer | None = None
         self._cost: torch.Tensor | None = None
         self._up: torch.Tensor | None = None
         self._down: torch.Tensor | None = None
+        self._raised: torch.Tensor | None = None
+        self._lowered: torch.Tensor | None = None
 
     def init(self, n: int, shape: tuple[int, ...], device: torch.device) -> list[torch.Tensor]:
         gen = torch.Generator(device="cpu").manual_seed(self._seed)
@@ -194,7 +215,15 @@ class MaskPattern:
         self._cost = torch.full((n,), self.init_cost, device=device)
         self._up = torch.zeros(n, dtype=torch.long, device=device)
         self._down = torch.zeros(n, dtype=torch.long, device=device)
+        self._raised = torch.zeros(n, dtype=torch.bool, device=device)
+        self._lowered = torch.zeros(n, dtype=torch.bool, device=device)
         return [mask, pattern]
+
+    def settled(self) -> torch.Tensor:
+        """(n,) whether each problem's cost has been raised and lowered at least once (early stop may count)."""
+        if self._raised is None or self._lowered is None:
+            raise RuntimeError("MaskPattern.init was not called")
+        return self._raised & self._lowered
 
     def _pattern(self, raw: torch.Tensor) -> torch.Tensor:
         low, high = self.value_range
@@ -228,6 +257,9 @@ class MaskPattern:
         self._cost = torch.where(lower_cost, self._cost / 1.5**1.5, self._cost)
         self._up[raise_cost] = 0
         self._down[lower_cost] = 0
+        if self._raised is not None and self._lowered is not None:
+            self._raised |= raise_cost
+            self._lowered |= lower_cost
 
     def pattern(self, params: list[torch.Tensor]) -> torch.Tensor:
         """(n, 1 + C, H, W): the mask in channel 0, the pattern (in ``value_range``) in the others."""
@@ -421,6 +453,8 @@ class PerturbationEngine:
         params = self.parametrisation.init(p, self._feature_shape(x_t), self.device)
         stops = self.parametrisation.stops_at_target
         state = _ChunkState(p, self.max_iter, self.device)
+        stall = _EarlyStop(p, getattr(self.parametrisation, "early_stop_patience", None),
+                           getattr(self.parametrisation, "early_stop_tolerance", 0.0), self.device)
         active = torch.ones(p, dtype=torch.bool, device=self.device)
         for it in range(self.max_iter + 1):
             act = torch.nonzero(active).flatten() if stops else torch.arange(p, device=self.device)
@@ -440,11 +474,11 @@ class PerturbationEngine:
                 state.reached_ever[act[finish]] = reached[finish]
                 active[act[finish]] = False
                 step_mask = ~finish
-            else:  # MaskPattern: run to max_iter, keep the smallest perturbation that reached the target
-                improve = reached & (torch.isnan(state.l1) | (l1 < state.l1))
+            else:  # MaskPattern: keep the smallest perturbation that reached the target, until frozen or max_iter
+                improve = reached & (torch.isnan(state.l1) | (l1 < state.l1)) & ~stall.frozen
                 state.keep(act[improve], l1[improve], l2[improve], rho.detach()[improve], it, pattern[improve])
                 state.reached_ever |= reached
-                if it == self.max_iter:
+                if it == self.max_iter or stall.update(l1.detach(), reached, self.parametrisation.settled()):
                     break
                 step_mask = torch.ones_like(reached)
             if step_mask.any():
@@ -488,6 +522,28 @@ def _scatter(rows: torch.Tensor, p: int) -> torch.Tensor:
     mask = torch.zeros(p, dtype=torch.bool, device=rows.device)
     mask[rows] = True
     return mask
+
+
+class _EarlyStop:
+    """Per-problem early stop of :class:`MaskPattern` problems (all problems of a chunk run every iteration)."""
+
+    def __init__(self, p: int, patience: int | None, tolerance: float, device: torch.device) -> None:
+        self.patience = patience
+        self.tolerance = tolerance
+        self.frozen = torch.zeros(p, dtype=torch.bool, device=device)
+        self._reference = torch.full((p,), float("inf"), device=device)
+        self._count = torch.zeros(p, dtype=torch.long, device=device)
+
+    def update(self, l1: torch.Tensor, reached: torch.Tensor, counting: torch.Tensor) -> bool:
+        """Count this iteration for the ``counting`` problems; freeze stalled ones. True when all are frozen."""
+        if self.patience is None:
+            return False
+        better = reached & (l1 < self._reference * (1.0 - self.tolerance))
+        self._reference = torch.where(better, l1, self._reference)
+        self._count = torch.where(better, torch.zeros_like(self._count),
+                                  self._count + counting.long())
+        self.frozen |= self._count >= self.patience
+        return bool(self.frozen.all())
 
 
 class _ChunkState:

@@ -255,3 +255,43 @@ def test_params_round_trip_and_unknown_param(victim):
         nc.set_params(steps=10)
     with pytest.raises(TypeError):
         PyTorchNeuralCleanse(classifier, 0.9)  # keyword-only
+
+
+# ---------------------------------------------------------------------------------------------- early stop
+ES = {"max_iter": 300, "max_samples_per_target": 30, "random_state": 0, "early_stop_patience": 10}
+
+
+def test_early_stop_ends_the_scan_before_max_iter_and_keeps_each_targets_own_result(victim):
+    """Every target freezes on its own trajectory: batched and one-target runs agree, the run ends early, and no
+    target beats the full run's smallest mask (early stop can only keep a mask the full run also passed)."""
+    classifier, x, y = victim
+    nc = PyTorchNeuralCleanse(classifier, **ES)
+    problems = nc.problems(y)
+
+    def run_counting_forwards(detector):
+        calls = []
+        handle = classifier.model.register_forward_pre_hook(lambda *_: calls.append(1))
+        try:
+            return detector.engine().run(x, y, problems), len(calls)
+        finally:
+            handle.remove()
+
+    batched, early_calls = run_counting_forwards(nc)
+    full, full_calls = run_counting_forwards(PyTorchNeuralCleanse(classifier, **{**ES, "early_stop_patience": None}))
+    assert full_calls == ES["max_iter"] + 1
+    assert early_calls < ES["max_iter"], "the chunk should stop before max_iter once every target is frozen"
+    assert np.all(batched.reached == full.reached)
+    assert np.all(batched.size_l1[batched.reached] >= full.size_l1[batched.reached] - 1e-5)
+    for t in (0, 3, 7):
+        single = nc.engine().run(x, y, problems.subset(np.array([t])))
+        np.testing.assert_allclose(single.size_l1[0], batched.size_l1[t], rtol=1e-4)
+
+
+def test_early_stop_parameters_are_validated(victim):
+    classifier, _, _ = victim
+    with pytest.raises(InvalidParameterError, match="early_stop_patience"):
+        PyTorchNeuralCleanse(classifier, early_stop_patience=0)
+    with pytest.raises(InvalidParameterError, match="early_stop_tolerance"):
+        PyTorchNeuralCleanse(classifier, early_stop_tolerance=1.0)
+    with pytest.raises(InvalidParameterError, match="early_stop_patience"):
+        MaskPattern(early_stop_patience=True)
