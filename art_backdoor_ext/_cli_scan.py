@@ -19,7 +19,8 @@ _ONLY = {"statistic": ("ad",), "norm": ("ad",), "objective": ("ad",), "significa
          "layer": ("ad", "cepa"), "variant": ("cepa",)}
 
 
-def add_scan_parser(sub: Any) -> None:
+def add_scan_parser(sub: Any, func: Any) -> None:
+    """Register ``scan`` on the CLI's subparsers; ``func(args)`` runs it (the CLI prints :func:`run_scan`'s lines)."""
     scan = sub.add_parser("scan", help="scan a saved model for a backdoor (AD, CEPA or Neural Cleanse)")
     scan.add_argument(
         "--arch", required=True, help="reference architecture: digits-cnn, badnets-cnn, cifar-cnn, resnet18"
@@ -43,10 +44,11 @@ def add_scan_parser(sub: Any) -> None:
     scan.add_argument("--seed", type=int, default=0, help="random_state of the detector")
     scan.add_argument("--output", default="scan-output", help="folder for report.json and statistics.png")
     scan.add_argument("--quiet", action="store_true")
-    scan.set_defaults(func=run_scan)
+    scan.set_defaults(func=func)
 
 
-def run_scan(args: argparse.Namespace) -> int:
+def run_scan(args: argparse.Namespace) -> list[str]:
+    """Scan, write ``report.json`` and ``statistics.png`` under ``args.output``; return the lines to show."""
     from art_backdoor_ext.exceptions import InvalidParameterError
 
     for option, detectors in _ONLY.items():
@@ -61,9 +63,7 @@ def run_scan(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
     _plot(args.detector, report, out / "statistics.png")
-    print(_verdict(args.detector, report))
-    print(f"report: {out / 'report.json'}, plot: {out / 'statistics.png'}")
-    return 0
+    return [_verdict(args.detector, report), f"report: {out / 'report.json'}, plot: {out / 'statistics.png'}"]
 
 
 def _load_classifier(arch: str, classes: int, weights: str) -> Any:

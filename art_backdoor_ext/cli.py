@@ -95,6 +95,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from art_backdoor_ext._cli_scan import run_scan
+
+    for line in run_scan(args):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from art_backdoor_ext._cli_scan import add_scan_parser
 
@@ -125,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_evaluate)
 
-    add_scan_parser(sub)
+    add_scan_parser(sub, _cmd_scan)
 
     bench = sub.add_parser("bench", help="paper-table and speed benchmarks")
     bench.add_argument("name", help="benchmark name, or 'all'")

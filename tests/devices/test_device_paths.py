@@ -64,29 +64,26 @@ def small_set(badnets_victim):
     return sample_per_class(data.x, data.y, 6, random_state=0)
 
 
+def _public_cases() -> dict[str, tuple[Any, Any]]:
+    """The conformance batteries' cases, all as ``(build(clf, x, y), run(obj, x, y))``."""
+    cases = dict(SCANNERS_AND_FILTERS)
+    cases.update({name: (lambda clf, x, y, build=build: build(clf), run) for name, (build, run) in SURVEY.items()})
+    return cases
+
+
+CASES = _public_cases()
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", list(SCANNERS_AND_FILTERS))
-def test_scanners_and_poison_filters(name, device, badnets_victim, small_set):
-    build, run = SCANNERS_AND_FILTERS[name]
+@pytest.mark.parametrize("name", list(CASES))
+def test_scanners_filters_and_survey_defences(name, device, badnets_victim, small_set):
+    build, run = CASES[name]
     x, y = small_set
     x_before = x.copy()
     clf = _on(badnets_victim, device)
     result = run(build(clf, x, y), x, y)
     np.testing.assert_array_equal(x, x_before)
-    reference_clf = _on(badnets_victim, "cpu")
-    _check(device, result, run(build(reference_clf, x, y), x, y), clf)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", list(SURVEY))
-def test_survey_defences(name, device, badnets_victim, small_set):
-    build, run = SURVEY[name]
-    x, y = small_set
-    x_before = x.copy()
-    clf = _on(badnets_victim, device)
-    result = run(build(clf), x, y)
-    np.testing.assert_array_equal(x, x_before)
-    _check(device, result, run(build(_on(badnets_victim, "cpu")), x, y), clf)
+    _check(device, result, run(build(_on(badnets_victim, "cpu"), x, y), x, y), clf)
 
 
 @pytest.mark.parametrize("device", DEVICES)
