@@ -100,9 +100,10 @@ class PyTorchNeuralCleanse(ModelScanner):
     :param learning_rate: Adam learning rate on the (sigmoid-parametrised) mask and pattern.
     :param patience: Iterations at (below) ``pi`` before the penalty weight is raised (lowered).
     :param max_iter: Iteration cap per target.
-    :param early_stop_patience: A target that has reached ``pi`` stops after this many iterations without
-        shrinking its best mask's L1 norm by more than ``early_stop_tolerance`` (relative); None: every target runs
-        ``max_iter`` iterations. The scan ends when every target has stopped (Wang et al.'s code stops early too).
+    :param early_stop_patience: A target whose penalty weight has been raised and lowered at least once stops
+        after this many iterations without shrinking its successful mask's L1 norm by more than
+        ``early_stop_tolerance`` (relative); None: every target runs ``max_iter`` iterations. The scan ends when
+        every target has stopped (Wang et al.'s code stops early too).
     :param early_stop_tolerance: Relative L1 decrease that counts as an improvement.
     :param anomaly_threshold: Detected when the target's low-side MAD anomaly index exceeds it (2 in the paper).
     :param max_samples_per_target: Subsample each target's pooled clean samples to at most this many (None:

@@ -164,8 +164,8 @@ class MaskPattern:
     cost has found its balance around ``pi``), it is frozen (its kept mask no longer changes) after
     ``early_stop_patience`` consecutive iterations without shrinking the mask's L1 norm, at ``pi``, by more than
     ``early_stop_tolerance`` (relative) below its value at the last such improvement; a chunk stops when all its
-    problems are frozen. A problem's result still depends on its own
-    trajectory only, not on the problems sharing its chunk.
+    problems are frozen. A problem's result still depends on its own trajectory only, not on the problems sharing
+    its chunk.
 
     :param value_range: (low, high) of the space the pattern lives in (the classifier's ``clip_values`` in
         input space); the pattern is kept inside it.
@@ -246,7 +246,8 @@ class MaskPattern:
         return self._cost * torch.sigmoid(params[0]).flatten(1).sum(1)
 
     def update(self, params: list[torch.Tensor], active: torch.Tensor, reached: torch.Tensor) -> None:
-        if self._optimizer is None or self._cost is None or self._up is None or self._down is None:
+        if (self._optimizer is None or self._cost is None or self._up is None or self._down is None
+                or self._raised is None or self._lowered is None):
             raise RuntimeError("MaskPattern.init was not called")
         self._optimizer.step()
         self._optimizer.zero_grad(set_to_none=True)
@@ -258,9 +259,8 @@ class MaskPattern:
         self._cost = torch.where(lower_cost, self._cost / 1.5**1.5, self._cost)
         self._up[raise_cost] = 0
         self._down[lower_cost] = 0
-        if self._raised is not None and self._lowered is not None:
-            self._raised |= raise_cost
-            self._lowered |= lower_cost
+        self._raised |= raise_cost
+        self._lowered |= lower_cost
 
     def pattern(self, params: list[torch.Tensor]) -> torch.Tensor:
         """(n, 1 + C, H, W): the mask in channel 0, the pattern (in ``value_range``) in the others."""
@@ -454,8 +454,8 @@ class PerturbationEngine:
         params = self.parametrisation.init(p, self._feature_shape(x_t), self.device)
         stops = self.parametrisation.stops_at_target
         state = ChunkState(p, self.max_iter, self.device)
-        stall = EarlyStop(p, getattr(self.parametrisation, "early_stop_patience", None),
-                           getattr(self.parametrisation, "early_stop_tolerance", 0.0), self.device)
+        early_stop = EarlyStop(p, getattr(self.parametrisation, "early_stop_patience", None),
+                               getattr(self.parametrisation, "early_stop_tolerance", 0.0), self.device)
         active = torch.ones(p, dtype=torch.bool, device=self.device)
         for it in range(self.max_iter + 1):
             act = torch.nonzero(active).flatten() if stops else torch.arange(p, device=self.device)
@@ -476,10 +476,10 @@ class PerturbationEngine:
                 active[act[finish]] = False
                 step_mask = ~finish
             else:  # MaskPattern: keep the smallest perturbation that reached the target, until frozen or max_iter
-                improve = reached & (torch.isnan(state.l1) | (l1 < state.l1)) & ~stall.frozen
+                improve = reached & (torch.isnan(state.l1) | (l1 < state.l1)) & ~early_stop.frozen
                 state.keep(act[improve], l1[improve], l2[improve], rho.detach()[improve], it, pattern[improve])
                 state.reached_ever |= reached
-                if it == self.max_iter or stall.update(l1.detach(), reached, self.parametrisation.settled()):
+                if it == self.max_iter or early_stop.update(l1.detach(), reached, self.parametrisation.settled()):
                     break
                 step_mask = torch.ones_like(reached)
             if step_mask.any():
