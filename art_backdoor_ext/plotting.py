@@ -280,7 +280,7 @@ def plot_neural_cleanse(report: Any, true_target: int | None = None, path: str |
     k = len(norms)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * k + 1.5), 3.2))
     colors = ["#c33" if c in report.flagged else ("#8aa" if reached[c] else "#ccc") for c in range(k)]
-    bars = ax.bar(np.arange(k), norms, color=colors, hatch=None)
+    bars = ax.bar(np.arange(k), norms, color=colors)
     for c, bar in enumerate(bars):
         if not reached[c]:
             bar.set_hatch("//")
