@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from art_backdoor_ext.datasets import load_digits
+from art_backdoor_ext.datasets import load_digits, sample_per_class
 from art_backdoor_ext.models import DigitsCNN, make_classifier
 
 
@@ -54,6 +54,13 @@ def badnets_victim(digits):
         classifier = make_classifier(DigitsCNN(), device_type="cpu")
     return train_victim(classifier, digits.x_train, digits.y_train, digits.x_test, digits.y_test, white_patch,
                         target=0, rate=0.05, nb_epochs=12, learning_rate=3e-3, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def small_set(badnets_victim):
+    """6 images per class of the badnets victim's (poisoned) training set: the conformance batteries' input."""
+    data = badnets_victim.data
+    return sample_per_class(data.x, data.y, 6, random_state=0)
 
 
 @pytest.fixture()

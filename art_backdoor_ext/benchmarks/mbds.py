@@ -116,7 +116,7 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
         det.fit(xr, yr)
         fitted[n] = (det, time.perf_counter() - start)
         logger.info("bench mbds: %d shadow models fitted in %.0fs", n, fitted[n][1])
-    main, fit_s = fitted[cfg["shadows"]]
+    fit_s = fitted[cfg["shadows"]][1]
     per_victim: list[dict[str, Any]] = []
     victims: list[dict[str, Any]] = []
     sweep_scores: list[dict[str, Any]] = []

@@ -38,3 +38,10 @@ def run_in_train_mode(model, call: Callable[[], Any]) -> Any:
     assert hook_count(model) == hooks, "hooks left on the model"
     assert [p.requires_grad for p in model.parameters()] == grads
     return result
+
+
+def drop_seconds(value: Any) -> Any:
+    """A JSON-like result without its (timing) ``seconds`` entries, at any depth of nested dicts."""
+    if isinstance(value, dict):
+        return {k: drop_seconds(v) for k, v in value.items() if k != "seconds"}
+    return value

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from art_backdoor_ext.datasets import sample_per_class
 from art_backdoor_ext.defences import (
     CEPA,
     MultiLayerActivationDefence,
@@ -47,12 +46,6 @@ CASES = {
     "MultiLayerActivationDefence": _filter(MultiLayerActivationDefence, layers=["relu2", "relu3"], random_state=0),
     "MultiLayerSpectralSignature": _filter(MultiLayerSpectralSignature, layers=["relu3"]),
 }
-
-
-@pytest.fixture(scope="module")
-def small_set(badnets_victim):
-    data = badnets_victim.data
-    return sample_per_class(data.x, data.y, 6, random_state=0)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -11,9 +11,8 @@ import pytest
 import torch
 from art.estimators.classification import PyTorchClassifier
 
-from art_backdoor_ext.datasets import sample_per_class
 from art_backdoor_ext.defences import STRIP, FeatureSqueezingDetector, FinePruning
-from tests.conformance._battery import check_params_round_trip, run_in_train_mode
+from tests.conformance._battery import check_params_round_trip, drop_seconds, run_in_train_mode
 
 
 def _detector(cls, **kw):
@@ -41,18 +40,6 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def small_set(badnets_victim):
-    data = badnets_victim.data
-    return sample_per_class(data.x, data.y, 6, random_state=0)
-
-
-def _drop_seconds(d):
-    if isinstance(d, dict):
-        return {k: _drop_seconds(v) for k, v in d.items() if k != "seconds"}
-    return d
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_survey_conformance(name, badnets_victim, small_set):
     build, run = CASES[name]
@@ -72,5 +59,5 @@ def test_survey_conformance(name, badnets_victim, small_set):
 
     second = run(build(clf), x, y)
     json.dumps(first)
-    assert json.dumps(_drop_seconds(first), sort_keys=True) == json.dumps(_drop_seconds(second), sort_keys=True), \
+    assert json.dumps(drop_seconds(first), sort_keys=True) == json.dumps(drop_seconds(second), sort_keys=True), \
         "not deterministic"

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from art_backdoor_ext.attacks import SDRM
-from art_backdoor_ext.datasets import sample_per_class
 from art_backdoor_ext.defences.sample import MBDS
 from art_backdoor_ext.ensemble import train_ensemble
 from art_backdoor_ext.models import DigitsCNN, make_classifier
+from tests.conformance._battery import drop_seconds
 from tests.conformance.test_public_classes import CASES as SCANNERS_AND_FILTERS
 from tests.conformance.test_survey_classes import CASES as SURVEY
 from tests.conftest import white_patch
@@ -43,25 +43,13 @@ def _structure(value: Any) -> Any:
     return type(value).__name__ if not isinstance(value, (int, float)) else "number"
 
 
-def _without_seconds(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_seconds(v) for k, v in value.items() if k != "seconds"}
-    return value
-
-
 def _check(device: str, result: Any, reference: Any, clf) -> None:
     json.dumps(result)  # host-side values only (a CUDA tensor or numpy scalar would fail here)
     assert next(clf.model.parameters()).device.type == device, "the classifier's model was moved"
     assert _structure(result) == _structure(reference)
     if device == "cpu":
-        assert json.dumps(_without_seconds(result), sort_keys=True) == json.dumps(
-            _without_seconds(reference), sort_keys=True)
-
-
-@pytest.fixture(scope="module")
-def small_set(badnets_victim):
-    data = badnets_victim.data
-    return sample_per_class(data.x, data.y, 6, random_state=0)
+        assert json.dumps(drop_seconds(result), sort_keys=True) == json.dumps(
+            drop_seconds(reference), sort_keys=True)
 
 
 def _public_cases() -> dict[str, tuple[Any, Any]]:
