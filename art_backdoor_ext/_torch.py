@@ -6,6 +6,8 @@
 - :func:`preprocess` applies an ART classifier's preprocessing to a torch tensor, differentiably.
 - :func:`extract_features` runs a classifier over numpy data in batches and returns numpy features.
 - :func:`clone_classifier` wraps a deep copy of a classifier's model in a new classifier of the same settings.
+- :func:`clip_to_range` clips perturbed inputs to the valid range with a gradient that still flows at the bounds
+  (``torch.clamp``'s is zero there, which freezes a zero-initialised perturbation on every black pixel).
 
 This module imports nothing from the rest of the package except the exceptions.
 """
@@ -43,6 +45,7 @@ __all__ = [
     "extract_features",
     "predict_logits",
     "clone_classifier",
+    "clip_to_range",
 ]
 
 
@@ -191,6 +194,41 @@ def preprocess(classifier: PyTorchClassifier, x: torch.Tensor) -> torch.Tensor:
         )
     x_pre, _ = classifier._apply_preprocessing(x, y=None, fit=False, no_grad=False)
     return x_pre
+
+
+class _ClipToRange(torch.autograd.Function):
+    """Clamp whose gradient passes at a bound when the descent step ``-grad`` points into the range."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        ctx.save_for_backward(t)
+        ctx.bounds = (low, high)
+        return t.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (t,) = ctx.saved_tensors
+        low, high = ctx.bounds
+        inside = (t > low) & (t < high)
+        inward = ((t == low) & (grad < 0)) | ((t == high) & (grad > 0))
+        return grad * (inside | inward), None, None
+
+
+def clip_to_range(t: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``t.clamp(low, high)`` with a one-sided gradient at the bounds.
+
+    ``torch.clamp`` has a zero gradient where ``t`` equals a bound, so a perturbation that starts at zero on a
+    pixel that is exactly at the bound (the black background of MNIST-like images, where patch triggers sit)
+    never moves there. Here the gradient passes at a bound when a descent step (``-grad``) moves ``t`` back into
+    the range, and stays zero strictly outside it, as for ``clamp``.
+
+    >>> t = torch.zeros(2, requires_grad=True)
+    >>> (clip_to_range(t, 0.0, 1.0) * torch.tensor([-1.0, 1.0])).sum().backward()
+    >>> t.grad.tolist()
+    [-1.0, 0.0]
+    """
+    out: torch.Tensor = _ClipToRange.apply(t, float(low), float(high))
+    return out
 
 
 def forward(classifier: PyTorchClassifier, x: torch.Tensor) -> torch.Tensor:

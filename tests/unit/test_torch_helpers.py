@@ -67,3 +67,30 @@ def test_preprocessing_is_applied():
     with torch.no_grad():
         expected = model.eval()(torch.ones(2, 1, 8, 8)).numpy()
     np.testing.assert_allclose(predict_logits(clf, x), expected, atol=1e-5)
+
+
+def test_clip_to_range_forward_is_clamp_and_gradient_is_one_sided_at_the_bounds():
+    from art_backdoor_ext._torch import clip_to_range
+
+    t = torch.tensor([-0.5, 0.0, 0.0, 0.3, 1.0, 1.0, 1.5], requires_grad=True)
+    out = clip_to_range(t, 0.0, 1.0)
+    torch.testing.assert_close(out, t.detach().clamp(0.0, 1.0))
+    # upstream gradient: a descent step (-g) moves t down where g > 0, up where g < 0
+    g = torch.tensor([-1.0, -1.0, 1.0, 2.0, 1.0, -1.0, -1.0])
+    out.backward(g)
+    # strictly outside: zero (as clamp); at 0: passes only when the step goes up; inside: identity;
+    # at 1: passes only when the step goes down
+    assert t.grad.tolist() == [0.0, -1.0, 0.0, 2.0, 1.0, 0.0, 0.0]
+
+
+def test_torch_clamp_would_freeze_a_zero_start_on_black_pixels():
+    """Why clip_to_range exists: clamp's gradient at the bound is zero."""
+    from art_backdoor_ext._torch import clip_to_range
+
+    x = torch.zeros(4)
+    delta = torch.zeros(4, requires_grad=True)
+    (-(x + delta).clamp(0.0, 1.0).sum()).backward()
+    assert delta.grad.abs().sum() == 0
+    delta.grad = None
+    (-clip_to_range(x + delta, 0.0, 1.0).sum()).backward()
+    assert (delta.grad < 0).all()

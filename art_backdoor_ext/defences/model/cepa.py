@@ -61,6 +61,7 @@ from art_backdoor_ext._torch import (
     batch_slices,
     capture,
     classifier_device,
+    clip_to_range,
     eval_mode,
     frozen,
     layer_names,
@@ -432,7 +433,7 @@ class CEPA(ModelScanner):
                 break
             act_t = torch.as_tensor(act, device=device)
             delta = params[0][act_t]
-            perturbed = (x_groups[act_t] + delta).clamp(low, high)
+            perturbed = clip_to_range(x_groups[act_t] + delta, low, high)
             with capture(model, chunk_layers, flatten=True) as feats:
                 logits = model(preprocess(self.classifier, perturbed.flatten(0, 1))).view(len(act), n, -1)
             w, cnt = validf[act_t], counts[act_t]
@@ -541,7 +542,7 @@ class CEPA(ModelScanner):
                 everything = torch.ones(1, dtype=torch.bool, device=device)
                 for _ in range(iters):
                     with capture(model, [layer], flatten=True) as feats:
-                        model(preprocess(self.classifier, (xb + params[0][0]).clamp(low, high)))
+                        model(preprocess(self.classifier, clip_to_range(xb + params[0][0], low, high)))
                     loss = (feats[layer] - goal).pow(2).sum() + v * params[0].pow(2).sum()
                     loss.backward()
                     param.update(params, everything, everything)

@@ -34,7 +34,15 @@ import torch
 from torch import nn
 
 from art_backdoor_ext._progress import progress
-from art_backdoor_ext._torch import classifier_device, eval_mode, frozen, preprocess, resolve_layers, to_tensor
+from art_backdoor_ext._torch import (
+    classifier_device,
+    clip_to_range,
+    eval_mode,
+    frozen,
+    preprocess,
+    resolve_layers,
+    to_tensor,
+)
 from art_backdoor_ext.defences.model._chunk_state import ChunkState, EarlyStop
 from art_backdoor_ext.exceptions import InvalidParameterError
 
@@ -430,7 +438,7 @@ class PerturbationEngine:
         model = self.classifier.model
         if self._layer_module is None:
             low, high = (float(v) for v in self.classifier.clip_values)
-            perturbed = self.parametrisation.apply(params, x_groups).clamp(low, high)
+            perturbed = clip_to_range(self.parametrisation.apply(params, x_groups), low, high)
             return model(preprocess(self.classifier, perturbed.flatten(0, 1))).view(a, n, -1)
 
         def hook(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:

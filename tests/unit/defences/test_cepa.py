@@ -174,3 +174,17 @@ def test_bad_input(warp_victim, clean_set):
         det.estimate_trigger(x, {"mu": np.zeros(64)})
     with pytest.raises(InvalidParameterError, match="unknown layer"):
         det.estimate_trigger(x, {"layer": "nope", "mu": np.zeros(64)})
+
+
+def test_deltas_can_brighten_pixels_black_in_every_sample(badnets_victim, clean_set):
+    """The 2x2 corner patch sits on pixels that are 0 in (almost) every digit: the sample-wise deltas start at
+    zero there and must still move (torch.clamp's zero gradient at the bound froze them)."""
+    x, y = clean_set
+    det = CEPA(badnets_victim.classifier, variant="all-to-one", layers=["relu3"], max_iter=30)
+    problems, per_layer = det.optimise(x, y)["all-to-one"]
+    row = int(np.flatnonzero(problems.targets == 0)[0])
+    valid = problems.indices[row] >= 0
+    black = (x[problems.indices[row][valid]][..., -2:, -2:] == 0).reshape(int(valid.sum()), -1)
+    corner = per_layer["relu3"]["deltas"][row][valid][..., -2:, -2:].reshape(int(valid.sum()), -1)
+    assert black.mean() > 0.5
+    assert np.abs(corner[black]).mean() > 0.05

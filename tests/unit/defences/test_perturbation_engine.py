@@ -79,3 +79,15 @@ def test_layer_space_and_objectives(badnets_victim, clean_set):
 def test_bad_objective():
     with pytest.raises(InvalidParameterError, match="objective must be one of"):
         PerturbationEngine(None, Additive(0.1), objective="K")
+
+
+def test_perturbation_reaches_pixels_that_are_black_in_every_sample(badnets_victim, clean_set):
+    """The victim's 2x2 corner patch sits on pixels that are 0 in every digit: a zero-initialised perturbation
+    must still be able to brighten them (torch.clamp's zero gradient at the bound froze them)."""
+    x, y = clean_set
+    sources = [s for s in range(1, 10) if np.all(x[y == s][..., -2:, -2:] == 0)]
+    assert sources, "the test needs a source class whose corner is black in every sample"
+    problems = _subset_pairs(y, [(s, 0) for s in sources])
+    result = PerturbationEngine(badnets_victim.classifier, Additive(0.05), max_iter=100).run(x, y, problems)
+    corner = np.abs(result.perturbations[..., -2:, -2:]).reshape(len(sources), -1).max(1)
+    assert np.all(corner > 0.05), corner
