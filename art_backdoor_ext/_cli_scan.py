@@ -38,7 +38,7 @@ def add_scan_parser(sub: Any, func: Any) -> None:
     scan.add_argument("--norm", choices=["l1", "l2"], default=None, help="AD: perturbation norm (default l2)")
     scan.add_argument("--objective", choices=["J", "Jp", "Jc"], default=None, help="AD: objective (default J)")
     scan.add_argument("--variant", choices=["both", "pairs", "all-to-one"], default=None,
-                      help="CEPA: class pairs, all-to-one or both (default both)")
+                      help="CEPA: all-to-one (default), class pairs or both")
     scan.add_argument("--significance", type=float, default=None, help="AD, CEPA: detection level (default 0.05)")
     scan.add_argument("--max-iter", type=int, default=None, help="iteration cap (default: the detector's)")
     scan.add_argument("--seed", type=int, default=0, help="random_state of the detector")

@@ -112,7 +112,9 @@ class CEPA(ModelScanner):
     :param target_misclassification: Fraction of a problem's samples that must go to the target (0.9).
     :param lam: Initial lambda of Eq. 1 (0.01 in the paper), adapted per problem during the optimisation.
     :param significance: Detected when the corrected p-value is below it.
-    :param variant: ``"both"`` (class pairs and all-to-one), ``"pairs"`` or ``"all-to-one"``.
+    :param variant: ``"all-to-one"`` (one problem per putative target, the other classes pooled, as in the
+        paper's experiments), ``"pairs"`` (one per (source, target)) or ``"both"``. The default is all-to-one
+        because the pair variant flagged every clean digits model it was run on (docs/cepa.md).
     :param statistic: ``"consensus"`` (sigma / ||mu||, small for a backdoor) or ``"norm"`` (||mu||, large).
     :param inference: ``"p-value"`` (order statistic, robust Gamma null) or ``"mad"`` (anomaly index).
     :param anomaly_threshold: Detection threshold of the MAD anomaly index (``inference="mad"``).
@@ -163,7 +165,7 @@ class CEPA(ModelScanner):
         target_misclassification: float = 0.9,
         lam: float = 0.01,
         significance: float = 0.05,
-        variant: str = "both",
+        variant: str = "all-to-one",
         statistic: str = "consensus",
         inference: str = "p-value",
         anomaly_threshold: float = 2.0,
