@@ -26,11 +26,29 @@ __all__ = [
 
 
 def machine_description() -> str:
-    """CPU/GPU and library versions, for the record."""
+    """CPU/GPU and library versions, for the record. On CPU it names the processor model and the vector
+    instruction level torch's kernels use (``AVX2``, ``AVX512``, ...): float results, and hence trained models,
+    can differ between CPU types."""
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+        device = f"CPU {_cpu_model()} ({torch.get_num_threads()} threads, {capability} kernels)"
     return f"{platform.machine()} {device}, torch {torch.__version__}, python {platform.python_version()}"
+
+
+def _cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 @dataclass

@@ -11,7 +11,8 @@ fast: digits with a 20% reserve (the paper's 4% of digits' 1,347 training images
 split into shadow/meta/calibration parts), DigitsCNN, 16 shadow models. full: Fashion-MNIST, 4% reserve
 (2,400 images), BadNets CNN, 64 shadow models, 20,000-image attacker subset.
 Victims' seeds (random_state + 100 + 10 * attack + v) are disjoint from the shadows' (random_state + 1); each
-Jumbo victim's trigger setting is drawn from its own seed. The shadow models do not depend on the victim, so
+Jumbo victim's trigger setting is drawn from its own seed and used whole, poison rate included (BadNets and Blended
+poison 5%). The shadow models do not depend on the victim, so
 MBDS is fitted once per shadow count and reused for every victim (``MBDS.for_classifier``); ``--models`` sets
 the number of victims per attack (3 in both profiles).
 """
@@ -50,14 +51,18 @@ PAPER = ("paper anchor (Table III, F2): CIFAR-10 BadNets 0.947, Blended 0.617, J
          "MNIST 0.327 / 0.590 / 0.503")
 
 
-def _trigger(attack: str, seed: int, shape: tuple[int, ...], nb_classes: int) -> tuple[Any, int]:
+def _trigger(attack: str, seed: int, shape: tuple[int, ...], nb_classes: int) -> tuple[Any, int, float]:
+    """The attack's trigger, target class and poisoned fraction of the victim's training set. BadNets and
+    Blended poison 5%; a Jumbo victim uses its whole setting, poison rate included: Algorithm 1 appends
+    ``p * N`` poisoned copies, so ``p / (1 + p)`` of its training set is poisoned."""
     if attack == "BadNets":
         return patch_trigger(pattern=np.ones((3, 3) if shape[-1] > 8 else (2, 2), np.float32),
-                             location="bottom-right"), 0
+                             location="bottom-right"), 0, 0.05
     if attack == "Blended":
-        return blend_trigger(alpha=0.2, random_state=seed), 0
+        return blend_trigger(alpha=0.2, random_state=seed), 0, 0.05
     setting = JumboDistribution().sample(shape, nb_classes=nb_classes, random_state=seed)
-    return (lambda x: setting.apply(x, channels_first=True)), int(setting.target)
+    rate = float(setting.rate) / (1.0 + float(setting.rate))
+    return (lambda x: setting.apply(x, channels_first=True)), int(setting.target), rate
 
 
 def _metrics(flagged: np.ndarray, is_poison: np.ndarray) -> dict[str, float]:
@@ -123,11 +128,12 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
     for i, attack in enumerate(ATTACKS):
         for v in range(cfg["victims"]):
             seed = random_state + 100 + 10 * i + v
-            trigger, target = _trigger(attack, seed, data.input_shape, data.nb_classes)
+            trigger, target, rate = _trigger(attack, seed, data.input_shape, data.nb_classes)
             clf = make_classifier(build_model(cfg["arch"], random_state=seed))
-            victim = train_victim(clf, x_att, y_att, x_test, y_test, trigger, target=target, rate=0.05,
+            victim = train_victim(clf, x_att, y_att, x_test, y_test, trigger, target=target, rate=rate,
                                   nb_epochs=cfg["victim_epochs"], learning_rate=cfg["victim_lr"], random_state=seed)
-            victims.append({"attack": attack, "seed": seed, "target": target, "BA": victim.benign_accuracy,
+            victims.append({"attack": attack, "seed": seed, "target": target, "poison rate": rate,
+                            "BA": victim.benign_accuracy,
                             "ASR": victim.attack_success_rate})
             for n, (det, _seconds) in fitted.items():
                 scores = _evaluate(det.for_classifier(clf, xr, yr), clf, trigger, target, x_test, y_test)

@@ -105,6 +105,15 @@ def test_mbds_benchmark_tiny_run(monkeypatch):
     # shadow-mode scores do not depend on the victim: same trigger, same fitted detector -> same FRR
     badnets = [r for r in per_victim if r["attack"] == "BadNets" and r["feature source"] == "shadow"]
     assert badnets[0]["FRR"] == badnets[1]["FRR"]
+    # a Jumbo victim is poisoned at its own setting's rate (Algorithm 1 appends p * N copies), the others at 5%
+    from art_backdoor_ext.attacks.jumbo import JumboDistribution
+
+    for victim in victims:
+        if victim["attack"] == "Jumbo":
+            p = JumboDistribution().sample((1, 8, 8), nb_classes=10, random_state=victim["seed"]).rate
+            assert victim["poison rate"] == pytest.approx(p / (1 + p))
+        else:
+            assert victim["poison rate"] == 0.05
     json.dumps(report.to_dict())
 
 
@@ -123,3 +132,14 @@ def test_ad_statistics_benchmark_tiny_run(monkeypatch):
         assert all(r[g] in (0.0, 1.0) for g in ad.GROUPS)  # one victim per group
         assert (r["Clean"] == 1.0) == (r["min p clean"] >= ad_statistics.THETA)
     json.dumps(report.to_dict())
+
+
+def test_machine_description_names_cpu_model_and_kernel_level(monkeypatch):
+    import torch
+
+    from art_backdoor_ext.benchmarks import _cpu_model, machine_description
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX-TEST")
+    text = machine_description()
+    assert f"CPU {_cpu_model()} (" in text and "AVX-TEST kernels" in text and torch.__version__ in text
