@@ -143,3 +143,22 @@ def test_machine_description_names_cpu_model_and_kernel_level(monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX-TEST")
     text = machine_description()
     assert f"CPU {_cpu_model()} (" in text and "AVX-TEST kernels" in text and torch.__version__ in text
+
+
+def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
+    from art_backdoor_ext.benchmarks import cepa
+
+    monkeypatch.setitem(cepa.PROFILES, "fast", {**cepa.PROFILES["fast"], "models": 1, "epochs": 2, "max_iter": 3,
+                                                "eq3_samples": 20, "speed_iter": 2})
+    report = run_benchmark("cepa", profile="fast")
+    rows, _speed, victims = report.tables.values()
+    assert [r["attack"] for r in rows] == list(cepa.GROUPS)
+    for row, victim in zip(rows, victims):
+        assert row["attack"] == victim["group"]
+        if victim["group"] == "clean":
+            assert victim["GT ratio / Eq.1 median"] is None and row["GT ratio / Eq.1 median"] is None
+        else:  # the ground-truth trigger's ratio over the median of the scan's statistics at the chosen layer
+            stats = victim["GT ratio (best layer)"] / victim["GT ratio / Eq.1 median"]
+            assert victim["premise layer"] in ("relu1", "relu2", "relu3") and stats > 0
+            assert row["GT ratio / Eq.1 median"] == pytest.approx(victim["GT ratio / Eq.1 median"])
+    json.dumps(report.to_dict())

@@ -499,6 +499,15 @@ class CEPA(ModelScanner):
                               for name, by_layer in snap_layer.items()}}
 
     # ---------------------------------------------------------------------------------------- trigger (Eq. 3)
+    def trigger_consensus(self, x: np.ndarray, x_triggered: np.ndarray,
+                          layers: str | Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+        """CEPA's premise for a known trigger: ``sigma / ||mu||`` of ``f(x_triggered) - f(x)`` per layer (lower is
+        more consensual), to compare with ``report.statistics[variant][layer]["ratio"]``; see
+        :func:`~art_backdoor_ext.defences.model.cepa_consensus.trigger_consensus`."""
+        from art_backdoor_ext.defences.model.cepa_consensus import trigger_consensus
+
+        return trigger_consensus(self, x, x_triggered, layers)
+
     def estimate_trigger(self, x: np.ndarray, report: CEPAReport | Mapping[str, Any], *, v: float = 0.0,
                          max_iter: int | None = None) -> np.ndarray:
         """Eq. 3: per-sample input perturbations that reproduce the detected embedded shift ``mu``.
