@@ -501,8 +501,9 @@ class CEPA(ModelScanner):
     # ---------------------------------------------------------------------------------------- trigger (Eq. 3)
     def trigger_consensus(self, x: np.ndarray, x_triggered: np.ndarray,
                           layers: str | Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-        """CEPA's premise for a known trigger: ``sigma / ||mu||`` of ``f(x_triggered) - f(x)`` per layer (lower is
-        more consensual), to compare with ``report.statistics[variant][layer]["ratio"]``; see
+        """For a known trigger: ``sigma / ||mu||`` of ``f(x_triggered) - f(x)`` per layer (lower is more
+        consensual), a bound on what Eq. 1 can reach for its target, to compare with
+        ``report.statistics[variant][layer]["ratio"]``; see
         :func:`~art_backdoor_ext.defences.model.cepa_consensus.trigger_consensus`."""
         from art_backdoor_ext.defences.model.cepa_consensus import trigger_consensus
 
