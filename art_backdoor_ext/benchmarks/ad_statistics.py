@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark
-from art_backdoor_ext.benchmarks.ad import GROUPS, PROFILES, _verdict, _victim
+from art_backdoor_ext.benchmarks.ad import GROUPS, PROFILES, _verdict, _victim, pair_ranks
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
 from art_backdoor_ext.functional.robust import asymmetry_statistics, order_statistic_pvalue, reciprocal_statistics
@@ -53,12 +53,16 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
     for m in range(n_models):
         for group in GROUPS:
             seed = random_state + 100 * GROUPS.index(group) + m
-            clf, target, sources = _victim(group, seed, data, cfg)
+            clf, target, sources, asr = _victim(group, seed, data, cfg)
             x, y = sample_per_class(data.x_test, data.y_test, cfg["per_class"], random_state=seed)
-            victims.append({"group": group, "seed": seed, "target": target, "sources": str(sources)})
+            victim_row: dict[str, Any] = {"group": group, "seed": seed, "target": target, "sources": str(sources),
+                                          "ASR": asr}
+            victims.append(victim_row)
             for scan in settings["scans"]:
                 sizes = OrderStatisticDetector(clf, **SCANS[scan]).scan(x, y).sizes
                 for stat, transform in STATISTICS.items():
+                    victim_row[f"true pair rank ({scan}, {stat})"] = pair_ranks(
+                        transform(np.maximum(sizes, 1e-12)), target, sources)
                     ost = order_statistic_pvalue(reciprocal_statistics(transform(np.maximum(sizes, 1e-12))))
                     outcome = {"p": ost.p_value, "found": ost.target, "source": ost.source, "target": target,
                                "sources": sources}

@@ -131,7 +131,24 @@ def test_ad_statistics_benchmark_tiny_run(monkeypatch):
         assert r["mean over groups"] == pytest.approx(np.mean([r[g] for g in ad.GROUPS]))
         assert all(r[g] in (0.0, 1.0) for g in ad.GROUPS)  # one victim per group
         assert (r["Clean"] == 1.0) == (r["min p clean"] >= ad_statistics.THETA)
+    for v in victims:  # ASR and the true pair's rank among the 90 pairs: None exactly for the clean model
+        ranks = [v["true pair rank (input L2, size (paper))"], v["true pair rank (input L2, asymmetry)"]]
+        if v["group"] == "Clean":
+            assert v["ASR"] is None and ranks == [None, None]
+        else:
+            assert 0 <= v["ASR"] <= 1 and all(1 <= rank <= 90 for rank in ranks)
     json.dumps(report.to_dict())
+
+
+def test_pair_ranks_counts_smaller_off_diagonal_pairs():
+    from art_backdoor_ext.benchmarks.ad import pair_ranks
+
+    sizes = np.array([[np.nan, 5.0, 1.0], [4.0, np.nan, 3.0], [2.0, 0.5, np.nan]])
+    assert pair_ranks(sizes, 2, [0]) == 2  # pair (0 -> 2) = 1.0; only (2 -> 1) = 0.5 is smaller
+    assert pair_ranks(sizes, 2, [0, 1]) == 2  # the best of the sources counts
+    assert pair_ranks(sizes, 1, [2]) == 1
+    assert pair_ranks(sizes, 0, [1]) == 5
+    assert pair_ranks(sizes, None, []) is None
 
 
 def test_machine_description_names_cpu_model_and_kernel_level(monkeypatch):
