@@ -90,13 +90,15 @@ def test_mbds_benchmark_tiny_run(monkeypatch):
 
     monkeypatch.setitem(mbds.PROFILES, "fast", {**mbds.PROFILES["fast"], "victims": 2, "shadows": 2, "sweep": (1,),
                                                 "shadow_epochs": 5, "meta_epochs": 3, "victim_epochs": 2,
-                                                "speed_models": 2, "test": 60})
+                                                "speed_models": 2, "test": 60, "victim_init_shadows": 2})
     report = run_benchmark("mbds", profile="fast")
     means, sweep, speed, per_victim, victims = report.tables.values()
-    assert len(victims) == 6 and len(per_victim) == 12  # 3 attacks x 2 victims x 2 feature sources
+    assert len(victims) == 6 and len(per_victim) == 18  # 3 attacks x 2 victims x 3 feature sources
+    assert [(r["attack"], r["feature source"]) for r in means] == [(a, s) for a in mbds.ATTACKS for s in mbds.SOURCES]
     for row in means:  # each mean row is the mean of its victims' rows
         group = [r for r in per_victim if r["attack"] == row["attack"] and r["feature source"] == row["feature source"]]
         assert row["victims"] == 2 and row["F2"] == pytest.approx(np.mean([r["F2"] for r in group]))
+        assert row["fit s"] > 0
     assert [r["shadow models"] for r in sweep] == [1, 2]
     for attack in ("BadNets", "Blended", "Jumbo"):  # the main shadow count's sweep row is the means table's F2
         for source in ("shadow", "victim"):
