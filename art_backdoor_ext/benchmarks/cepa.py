@@ -96,8 +96,9 @@ def _premise(det: CEPA, report: Any, group: str, seed: int, cfg: dict[str, Any],
              target: int | None) -> dict[str, Any]:
     """CEPA's premise on this victim: the ground-truth trigger's sigma / ||mu|| on the clean set's non-target
     images, per layer, over the median of the Eq. 1 statistics of the putative targets at that layer; the most
-    favourable layer is kept. Well below 1: the true trigger is an outlier Eq. 1 could reach, so a miss is an
-    optimisation failure; above 1: inconclusive (Eq. 1 may find another consensual route into the backdoor)."""
+    favourable layer is kept. Well below 1: the true trigger is an outlier Eq. 1 could reach, so a miss is the
+    optimisation's or the inference's; above 1: inconclusive (Eq. 1 may find another consensual route into the
+    backdoor)."""
     if target is None:
         return {"GT ratio (best layer)": None, "GT ratio / Eq.1 median": None, "premise layer": None}
     xs = x[y != target]
