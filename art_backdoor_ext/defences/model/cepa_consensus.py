@@ -4,11 +4,12 @@ CEPA (Li et al., 2024) detects a backdoor when the perturbations that move clean
 common embedded shift ``mu`` with little spread ``sigma`` about it (Eq. 1-2). This module measures, for a trigger
 the user holds (a benchmark's ground truth, a suspected patch), ``sigma / ||mu||`` of its shifts
 ``f(x_triggered) - f(x)`` per layer. It bounds what Eq. 1 can reach for the trigger's target class: the trigger
-itself is one feasible answer when it sends at least ``target_misclassification`` of the images there. Compared with the statistics CEPA reaches for the
-putative targets (``report.statistics[variant][layer]["ratio"]``): well below their median, the trigger is an
-outlier CEPA's optimisation should find, so a miss is an optimisation failure; above it, the measurement is
-inconclusive, because Eq. 1 may still find another, more consensual perturbation into the backdoor (it does on a
-digits warp victim, whose warp has sigma / ||mu|| near 2 and is detected).
+itself is one feasible answer when it sends at least ``target_misclassification`` of the images there.
+Compared with the statistics CEPA reaches for the putative targets
+(``report.statistics[variant][layer]["ratio"]``): well below their median, the trigger is an outlier CEPA should
+find, so a miss is the optimisation's or the inference's; above it, the measurement is inconclusive, because
+Eq. 1 may still find another, more consensual perturbation into the backdoor (it does on a digits warp victim,
+whose warp has sigma / ||mu|| near 2 and is detected).
 
 | Paper link: ../shared/papers/cepa-universal-post-training-defense.md
 """
