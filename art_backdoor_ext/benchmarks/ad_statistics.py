@@ -61,9 +61,9 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
             for scan in settings["scans"]:
                 sizes = OrderStatisticDetector(clf, **SCANS[scan]).scan(x, y).sizes
                 for stat, transform in STATISTICS.items():
-                    victim_row[f"true pair rank ({scan}, {stat})"] = pair_ranks(
-                        transform(np.maximum(sizes, 1e-12)), target, sources)
-                    ost = order_statistic_pvalue(reciprocal_statistics(transform(np.maximum(sizes, 1e-12))))
+                    statistic = transform(np.maximum(sizes, 1e-12))
+                    victim_row[f"true pair rank ({scan}, {stat})"] = pair_ranks(statistic, target, sources)
+                    ost = order_statistic_pvalue(reciprocal_statistics(statistic))
                     outcome = {"p": ost.p_value, "found": ost.target, "source": ost.source, "target": target,
                                "sources": sources}
                     outcomes[(scan, stat)][group].append((_verdict(outcome, THETA)[0], float(ost.p_value)))
