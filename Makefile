@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/art-backdoor-ext demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check art_backdoor_ext tests examples
+	$(VENV)/bin/ruff check art_backdoor_ext tests examples tools
 	$(VENV)/bin/mypy
 
 bench-fast: $(STAMP)
