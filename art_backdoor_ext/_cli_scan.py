@@ -15,8 +15,8 @@ from typing import Any
 
 DETECTORS = ("ad", "cepa", "nc")
 # options that only some detectors take: name -> detectors
-_ONLY = {"statistic": ("ad",), "norm": ("ad",), "objective": ("ad",), "significance": ("ad", "cepa"),
-         "layer": ("ad", "cepa"), "variant": ("cepa",)}
+_ONLY = {"statistic": ("ad",), "null": ("ad",), "norm": ("ad",), "objective": ("ad",),
+         "significance": ("ad", "cepa"), "layer": ("ad", "cepa"), "variant": ("cepa",)}
 
 
 def add_scan_parser(sub: Any, func: Any) -> None:
@@ -33,8 +33,12 @@ def add_scan_parser(sub: Any, func: Any) -> None:
     scan.add_argument("--layer", default=None,
                       help="AD: 'input' (default), 'auto' (first conv) or a layer name; CEPA: comma-separated "
                            "layer names (default: three picked automatically)")
-    scan.add_argument("--statistic", choices=["asymmetry", "size", "ratio"], default=None,
-                      help="AD: 'asymmetry' (default: size over the reverse pair's size) or 'size' (the paper)")
+    scan.add_argument("--statistic", choices=["asymmetry", "size", "ratio", "source-normalised",
+                                                 "source-normalised-margin", "source-normalised-distance"],
+                      default=None, help="AD: 'asymmetry' (default: size over the reverse pair's size), 'size' "
+                                         "(the paper) or a source normalisation (docs/order-statistic.md)")
+    scan.add_argument("--null", choices=["reciprocal", "size"], default=None,
+                      help="AD: Gamma null on the reciprocals (default, the paper's Eq. 4) or on the sizes")
     scan.add_argument("--norm", choices=["l1", "l2"], default=None, help="AD: perturbation norm (default l2)")
     scan.add_argument("--objective", choices=["J", "Jp", "Jc"], default=None, help="AD: objective (default J)")
     scan.add_argument("--variant", choices=["both", "pairs", "all-to-one"], default=None,
@@ -103,7 +107,7 @@ def _build_detector(args: argparse.Namespace, classifier: Any) -> Any:
     common: dict[str, Any] = {"random_state": args.seed, "verbose": not args.quiet}
     if args.max_iter is not None:
         common["max_iter"] = args.max_iter
-    given = {k: getattr(args, k) for k in ("statistic", "norm", "objective", "significance", "variant")
+    given = {k: getattr(args, k) for k in ("statistic", "null", "norm", "objective", "significance", "variant")
              if getattr(args, k) is not None}
     if args.detector == "ad":
         layer = None if args.layer in (None, "input") else args.layer

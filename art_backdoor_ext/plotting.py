@@ -28,6 +28,20 @@ _RECIPROCAL_LABELS = {
     "size": ("1/d(v_st)", "reciprocal perturbation size"),
     "asymmetry": ("d(v_ts)/d(v_st)", "reverse size over size (reciprocal asymmetry)"),
     "ratio": ("individual/common size", "reciprocal size ratio (individual over common)"),
+    "source-normalised": ("median_u d(v_su)/d(v_st)", "reciprocal source-normalised size"),
+    "source-normalised-margin": ("median_u d(v_su) sqrt(margin_st)/d(v_st)",
+                                 "reciprocal source-normalised size, margin-scaled"),
+    "source-normalised-distance": ("median_u d(v_su) ||m_s - m_t||/d(v_st)",
+                                   "reciprocal source-normalised size, distance-scaled"),
+}
+
+_SIZE_LABELS = {
+    "size": "d(v_st)",
+    "asymmetry": "d(v_st)/d(v_ts)",
+    "ratio": "common/individual size",
+    "source-normalised": "d(v_st)/median_u d(v_su)",
+    "source-normalised-margin": "d(v_st)/(median_u d(v_su) sqrt(margin_st))",
+    "source-normalised-distance": "d(v_st)/(median_u d(v_su) ||m_s - m_t||)",
 }
 
 
@@ -36,7 +50,9 @@ def plot_order_statistic(report: Any, path: str | Path | None = None) -> Any:
 
     The axis and legend name the statistic the scan used (``report.settings["statistic"]``): the reciprocal
     perturbation size 1/d(v_st) for the paper's ``"size"``, the reverse-over-forward size ratio d(v_ts)/d(v_st)
-    for ``"asymmetry"``, the individual-over-common size ratio for ``"ratio"``.
+    for ``"asymmetry"``, the individual-over-common size ratio for ``"ratio"``, and so on. With
+    ``null="size"`` the histogram is of the size-like statistics themselves (the null was fitted to them) and
+    the marked pair is the smallest.
 
     :param report: An :class:`~art_backdoor_ext.defences.model.order_statistic.OrderStatisticReport`.
     :param path: Save the figure there (PNG/PDF by suffix); the figure is returned either way.
@@ -46,17 +62,25 @@ def plot_order_statistic(report: Any, path: str | Path | None = None) -> Any:
     plt = _pyplot()
     k = report.statistics.shape[0]
     off = ~np.eye(k, dtype=bool)
-    recip = 1.0 / report.statistics[off]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     statistic = getattr(report, "settings", {}).get("statistic", "size")
     label, axis = _RECIPROCAL_LABELS.get(statistic, _RECIPROCAL_LABELS["size"])
-    ax.hist(recip, bins=30, density=True, color="#8aa", label=f"reciprocal statistics {label}")
-    grid = np.linspace(0, recip.max() * 1.1, 400)
     null = report.null
-    ax.plot(grid, stats.gamma.pdf(grid, a=null["shape"], scale=null["scale"]), color="k", label="fitted Gamma null")
-    r_max = 1.0 / report.statistics[report.source, report.target]
-    ax.axvline(r_max, color="#c33", ls="--",
-               label=f"max: {report.source}->{report.target}, p={report.p_value:.2g}")
+    on_sizes = null.get("variable") == "size"
+    if on_sizes:  # the null was fitted to the size-like statistics themselves; the smallest one is tested
+        label, axis = _SIZE_LABELS.get(statistic, _SIZE_LABELS["size"]), "size-like statistic"
+        values = report.statistics[off]
+        extreme = report.statistics[report.source, report.target]
+    else:
+        values = 1.0 / report.statistics[off]
+        extreme = 1.0 / report.statistics[report.source, report.target]
+    ax.hist(values, bins=30, density=True, color="#8aa",
+            label=f"{'size-like' if on_sizes else 'reciprocal'} statistics {label}")
+    grid = np.linspace(0, values.max() * 1.1, 400)
+    ax.plot(grid, stats.gamma.pdf(grid, a=null["shape"], scale=null["scale"]), color="k",
+            label="fitted Gamma null" + (" (on sizes)" if on_sizes else ""))
+    ax.axvline(extreme, color="#c33", ls="--",
+               label=f"{'min' if on_sizes else 'max'}: {report.source}->{report.target}, p={report.p_value:.2g}")
     if null.get("truncation") is not None:
         ax.axvline(null["truncation"], color="#888", ls=":", label="truncation")
     ax.set_xlabel(axis)

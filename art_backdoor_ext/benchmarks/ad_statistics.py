@@ -4,8 +4,12 @@ The AD paper's statistic is the size of each class pair's minimal common perturb
 Fashion-MNIST naturally confusable pairs are as small as backdoor pairs, so clean models get flagged. This
 benchmark scans each victim of the paper's four groups (same victims and seeds as ``bench ad``) once per
 space/norm and evaluates, from the *same* size matrix, the paper's size statistic and this project's asymmetry
-statistic (size over the reverse pair's size, :func:`~art_backdoor_ext.functional.robust.asymmetry_statistics`),
-at theta = 0.05. No Neural Cleanse and no speed run: this is the cheap, many-victim companion of ``bench ad``.
+statistic (size over the reverse pair's size, :func:`~art_backdoor_ext.functional.robust.asymmetry_statistics`)
+and source normalisations (size over its source's median size, and that over the square root of the pair's
+clean margin or over the distance of the two classes' mean images,
+:mod:`~art_backdoor_ext.functional.pair_normalisation`), each under two nulls (the paper's Gamma on the
+reciprocals, Eq. 4, and this project's Gamma on the sizes, :mod:`~art_backdoor_ext.functional.size_null`), at
+theta = 0.05. No Neural Cleanse and no speed run: this is the cheap, many-victim companion of ``bench ad``.
 
 fast: digits, 6 victims per group, input and first-conv spaces, L2 and L1. full: Fashion-MNIST, 5 victims per
 group, L2 in both spaces.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,7 +28,13 @@ from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark
 from art_backdoor_ext.benchmarks.ad import GROUPS, PROFILES, _verdict, _victim, pair_ranks
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
+from art_backdoor_ext.functional.pair_normalisation import (
+    class_mean_distances,
+    clean_margins,
+    source_normalised_statistics,
+)
 from art_backdoor_ext.functional.robust import asymmetry_statistics, order_statistic_pvalue, reciprocal_statistics
+from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +48,20 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "fast": {"models": 6, "scans": tuple(SCANS)},
     "full": {"models": 5, "scans": ("input L2", "first conv L2")},
 }
-STATISTICS = {"size (paper)": lambda d: d, "asymmetry": asymmetry_statistics}
+#: name -> statistic from (sizes, clean margins, class-mean distances); the last three are this project's
+#: source normalisations (:mod:`~art_backdoor_ext.functional.pair_normalisation`).
+STATISTICS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
+    "size (paper)": lambda d, m, c: d,
+    "asymmetry": lambda d, m, c: asymmetry_statistics(d),
+    "source-normalised": lambda d, m, c: source_normalised_statistics(d),
+    "source-normalised-margin": lambda d, m, c: source_normalised_statistics(d) / np.sqrt(m),
+    "source-normalised-distance": lambda d, m, c: source_normalised_statistics(d) / c,
+}
+#: name -> order-statistic inference on a size-like matrix: the paper's Eq. 4, or the Gamma on sizes.
+NULLS: dict[str, Callable[[np.ndarray], Any]] = {
+    "reciprocal (paper)": lambda s: order_statistic_pvalue(reciprocal_statistics(s)),
+    "size": size_order_statistic_pvalue,
+}
 THETA = 0.05
 
 
@@ -48,7 +72,7 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
     settings = SETTINGS[profile]
     n_models = settings["models"] if models is None else models
     data = load_dataset(cfg["dataset"])
-    outcomes: dict[tuple[str, str], dict[str, list[tuple[bool, float]]]] = defaultdict(lambda: defaultdict(list))
+    outcomes: dict[tuple[str, str, str], dict[str, list[tuple[bool, float]]]] = defaultdict(lambda: defaultdict(list))
     victims = []
     for m in range(n_models):
         for group in GROUPS:
@@ -58,19 +82,23 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
             victim_row: dict[str, Any] = {"group": group, "seed": seed, "target": target, "sources": str(sources),
                                           "ASR": asr}
             victims.append(victim_row)
+            margins, distances = clean_margins(clf.predict(x), y), class_mean_distances(x, y)
             for scan in settings["scans"]:
                 sizes = OrderStatisticDetector(clf, **SCANS[scan]).scan(x, y).sizes
                 for stat, transform in STATISTICS.items():
-                    statistic = transform(np.maximum(sizes, 1e-12))
+                    statistic = transform(np.maximum(sizes, 1e-12), margins, distances)
+                    np.fill_diagonal(statistic, np.nan)
                     victim_row[f"true pair rank ({scan}, {stat})"] = pair_ranks(statistic, target, sources)
-                    ost = order_statistic_pvalue(reciprocal_statistics(statistic))
-                    outcome = {"p": ost.p_value, "found": ost.target, "source": ost.source, "target": target,
-                               "sources": sources}
-                    outcomes[(scan, stat)][group].append((_verdict(outcome, THETA)[0], float(ost.p_value)))
+                    for null, inference in NULLS.items():
+                        ost = inference(statistic)
+                        outcome = {"p": ost.p_value, "found": ost.target, "source": ost.source, "target": target,
+                                   "sources": sources}
+                        verdict = (_verdict(outcome, THETA)[0], float(ost.p_value))
+                        outcomes[(scan, stat, null)][group].append(verdict)
             logger.info("bench ad-statistics: %s seed %d", group, seed)
     rows = []
-    for (scan, stat), by_group in outcomes.items():
-        row: dict[str, Any] = {"space and norm": scan, "statistic": stat}
+    for (scan, stat, null), by_group in outcomes.items():
+        row: dict[str, Any] = {"space and norm": scan, "statistic": stat, "null": null}
         for group in GROUPS:
             row[group] = float(np.mean([ok for ok, _ in by_group[group]]))
         row["mean over groups"] = float(np.mean([row[g] for g in GROUPS]))

@@ -115,14 +115,18 @@ class GammaNull:
 
     :param shape: Gamma shape ``k > 0``.
     :param scale: Gamma scale ``theta > 0`` (same unit as the statistics).
-    :param truncation: right truncation point the fit conditioned on (``inf``: untruncated fit).
+    :param truncation: truncation point the fit conditioned on: an upper bound for AD's reciprocals (``inf``:
+        untruncated fit), a lower bound for sizes (``variable="size"``, see
+        :mod:`~art_backdoor_ext.functional.size_null`).
     :param n_fit: number of statistics the fit used.
+    :param variable: ``"reciprocal"`` (AD Eq. 4: the null of 1/d) or ``"size"`` (the null of d).
     """
 
     shape: float
     scale: float
     truncation: float = math.inf
     n_fit: int = 0
+    variable: str = "reciprocal"
 
     def cdf(self, r: ArrayLike) -> np.ndarray:
         """Unconditional null CDF ``G_R(r)``."""
@@ -138,13 +142,14 @@ class GammaNull:
         with np.errstate(divide="ignore"):
             return np.where(sf < 0.5, np.log1p(-np.minimum(sf, 0.5)), np.log(np.maximum(1.0 - sf, 0.0)))
 
-    def to_dict(self) -> dict[str, float | int | None]:
+    def to_dict(self) -> dict[str, float | int | str | None]:
         """Plain-Python dict for ``json.dumps`` (an infinite truncation becomes ``None``)."""
         return {
             "shape": float(self.shape),
             "scale": float(self.scale),
             "truncation": _json_float(self.truncation),
             "n_fit": int(self.n_fit),
+            "variable": self.variable,
         }
 
 

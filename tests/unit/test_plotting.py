@@ -101,7 +101,7 @@ def test_feature_projection_grid_has_a_panel_per_model_and_level(tmp_path):
         plot_feature_projections({})
 
 
-def _ad_report(statistic: str):
+def _ad_report(statistic: str, variable: str = "reciprocal"):
     from art_backdoor_ext.defences.model.order_statistic import OrderStatisticReport
 
     rng = np.random.default_rng(1)
@@ -112,7 +112,7 @@ def _ad_report(statistic: str):
     return OrderStatisticReport(
         detected=True, p_value=0.003, source=3, target=0, statistics=stats, sizes=stats, misclassification=stats,
         reached=~np.isnan(stats), estimated_pattern=np.zeros((1, 2, 2)),
-        null={"shape": 8.0, "scale": 0.08, "truncation": 0.9}, significance=0.05, seconds=0.0,
+        null={"shape": 8.0, "scale": 0.08, "truncation": 0.9, "variable": variable}, significance=0.05, seconds=0.0,
         settings={"statistic": statistic})
 
 
@@ -127,6 +127,18 @@ def test_order_statistic_plot_names_the_statistic_and_marks_the_extreme_pair(tmp
     marked = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert marked == [pytest.approx(5.0)]  # 1 / 0.2
     assert path.stat().st_size > 0
+
+
+def test_order_statistic_plot_on_sizes_marks_the_smallest_statistic(tmp_path):
+    """With the size null the histogram is of the statistics themselves, the marked pair at its size."""
+    fig = plot_order_statistic(_ad_report("source-normalised", variable="size"), tmp_path / "ad.png")
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert any("d(v_st)/median_u d(v_su)" in label for label in labels)
+    assert any(label.startswith("min: 3->0") for label in labels)
+    marked = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert marked == [pytest.approx(0.2)]
+    assert ax.get_xlabel() == "size-like statistic"
 
 
 def test_score_histograms_report_the_fraction_above_the_threshold(tmp_path):

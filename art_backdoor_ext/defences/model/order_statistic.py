@@ -17,6 +17,18 @@ perturbations both in common and individually, a backdoored pair only in common.
 ``statistic="asymmetry"`` (this project's variant) divides each pair's size by the size of the reverse pair
 (:func:`~art_backdoor_ext.functional.robust.asymmetry_statistics`): confusable classes are close in both
 directions, a backdoor shortens only one. It costs nothing beyond the paper's scan.
+
+``statistic="source-normalised"`` (this project's variant) divides each size by the median size of its source's
+row (:func:`~art_backdoor_ext.functional.pair_normalisation.source_normalised_statistics`): some sources are easy
+to move to any target (on Fashion-MNIST, the mostly dark sneaker images), a backdoor shortens only its own pair.
+``"source-normalised-margin"`` also divides by the square root of the pair's median clean logit margin
+(:func:`~art_backdoor_ext.functional.pair_normalisation.clean_margins`, one forward pass): naturally close pairs
+have small margins on clean data, a backdoor pair does not. ``"source-normalised-distance"`` divides instead by
+the L2 distance of the two classes' mean clean images
+(:func:`~art_backdoor_ext.functional.pair_normalisation.class_mean_distances`): a model-free closeness.
+
+``null="size"`` (this project's variant) fits the Gamma to the sizes instead of their reciprocals and tests the
+smallest (:func:`~art_backdoor_ext.functional.size_null.size_order_statistic_pvalue`).
 """
 
 from __future__ import annotations
@@ -38,14 +50,26 @@ from art_backdoor_ext.defences.model.perturbation import (
     pair_problems,
 )
 from art_backdoor_ext.exceptions import DataError
+from art_backdoor_ext.functional.pair_normalisation import (
+    class_mean_distances,
+    clean_margins,
+    source_normalised_statistics,
+)
 from art_backdoor_ext.functional.robust import (
     asymmetry_statistics,
     confusion_correction,
     order_statistic_pvalue,
     reciprocal_statistics,
 )
+from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
 
 __all__ = ["OrderStatisticDetector", "OrderStatisticReport"]
+
+#: Accepted ``statistic`` values: the paper's, then this project's normalisations (see the module doc).
+STATISTICS = ("size", "ratio", "asymmetry", "source-normalised", "source-normalised-margin",
+              "source-normalised-distance")
+#: Accepted ``null`` values: the paper's Gamma on reciprocals (Eq. 4), or this project's Gamma on sizes.
+NULLS = ("reciprocal", "size")
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +134,13 @@ class OrderStatisticDetector(ModelScanner):
         or a layer name of the model.
     :param statistic: ``"asymmetry"`` (default, this project: size over the reverse pair's size, which
         measures best on digits and Fashion-MNIST, see docs/order-statistic.md), ``"size"`` (the paper) or
-        ``"ratio"`` (size over the mean individual size); see the module doc.
+        ``"ratio"`` (size over the mean individual size), ``"source-normalised"`` (size over its source's
+        median size), ``"source-normalised-margin"`` (that, over the square root of the pair's clean margin) or
+        ``"source-normalised-distance"`` (that, over the distance of the two classes' mean clean images); see
+        the module doc.
+    :param null: ``"reciprocal"`` (the paper's Eq. 4: Gamma fitted to the reciprocals, largest one tested) or
+        ``"size"`` (this project: Gamma fitted to the sizes, smallest one tested, see
+        :mod:`~art_backdoor_ext.functional.size_null`).
     :param significance: theta; detected when p < theta.
     :param step_size: L2 length of each normalised gradient step, relative to the scale of the space
         (sqrt(D) times the clip range in input space; the mean L2 norm of the clean features at ``layer``).
@@ -134,7 +164,8 @@ class OrderStatisticDetector(ModelScanner):
         "objective": [Options(("J", "Jp", "Jc"))],
         "confusion_correction": [Instance(bool)],
         "layer": [Instance(str), None],
-        "statistic": [Options(("size", "ratio", "asymmetry"))],
+        "statistic": [Options(STATISTICS)],
+        "null": [Options(NULLS)],
         "significance": [Interval(float, 0, 1, closed="neither")],
         "step_size": [Interval(float, 0, 1, closed="right")],
         "max_iter": [Interval(int, 1, None)],
@@ -155,6 +186,7 @@ class OrderStatisticDetector(ModelScanner):
         confusion_correction: bool = False,
         layer: str | None = None,
         statistic: str = "asymmetry",
+        null: str = "reciprocal",
         significance: float = 0.05,
         step_size: float = 0.002,
         max_iter: int = 500,
@@ -170,6 +202,7 @@ class OrderStatisticDetector(ModelScanner):
         self.confusion_correction = confusion_correction
         self.layer = layer
         self.statistic = statistic
+        self.null = null
         self.significance = significance
         self.step_size = step_size
         self.max_iter = max_iter
@@ -263,7 +296,18 @@ class OrderStatisticDetector(ModelScanner):
             statistics = sizes / np.maximum(self._individual_sizes(self.engine(scale), x, y, k), 1e-12)
         elif self.statistic == "asymmetry":
             statistics = asymmetry_statistics(np.maximum(sizes, 1e-12))
-        ost = order_statistic_pvalue(reciprocal_statistics(np.where(np.eye(k, dtype=bool), np.nan, statistics)))
+        elif self.statistic.startswith("source-normalised"):
+            statistics = source_normalised_statistics(np.maximum(sizes, 1e-12))
+            if self.statistic == "source-normalised-margin":
+                outputs = self.classifier.predict(x, batch_size=min(self.batch_size, 1024))
+                statistics = statistics / np.sqrt(clean_margins(outputs, y))
+            elif self.statistic == "source-normalised-distance":
+                statistics = statistics / class_mean_distances(x, y)
+        statistics = np.where(np.eye(k, dtype=bool), np.nan, statistics)
+        if self.null == "size":
+            ost = size_order_statistic_pvalue(statistics)
+        else:
+            ost = order_statistic_pvalue(reciprocal_statistics(statistics))
         pair_index = int(np.flatnonzero((problems.sources == ost.source) & (problems.targets == ost.target))[0])
         report = OrderStatisticReport(
             detected=bool(ost.p_value < self.significance),

@@ -59,6 +59,45 @@ def test_paper_statistic_and_asymmetry_come_from_the_same_sizes(ad_report, chess
     assert paper.detected and (paper.source, paper.target) == (1, 0)
 
 
+def test_source_normalised_statistics_come_from_the_same_sizes(ad_report, chessboard_victim, digits):
+    """Both source normalisations reuse the scan's sizes (one extra forward pass for the margins); the plain one
+    singles out the backdoor pair of this victim."""
+    from art_backdoor_ext.functional.pair_normalisation import clean_margins
+
+    x, y = sample_per_class(digits.x_test, digits.y_test, 20, random_state=0)
+    clf = chessboard_victim.classifier
+    off = ~np.eye(10, dtype=bool)
+    rel = OrderStatisticDetector(clf, statistic="source-normalised").scan(x, y)
+    np.testing.assert_array_equal(rel.sizes, ad_report.sizes)
+    d = ad_report.sizes
+    for s, t in [(1, 0), (0, 1), (7, 3)]:  # size over the median of the source's other eight pairs
+        others = [d[s, u] for u in range(10) if u not in (s, t)]
+        assert rel.statistics[s, t] == pytest.approx(d[s, t] / np.median(others))
+    margin = OrderStatisticDetector(clf, statistic="source-normalised-margin").scan(x, y)
+    expected = rel.statistics / np.sqrt(clean_margins(clf.predict(x), y))
+    np.testing.assert_allclose(margin.statistics[off], expected[off], rtol=1e-6)
+    assert rel.detected and (rel.source, rel.target) == (1, 0)
+    # the margin scaling moves this victim's extreme pair to another source of the same target (4 -> 0)
+    assert margin.target == 0 and margin.statistics[margin.source, margin.target] == np.nanmin(margin.statistics)
+
+
+def test_size_null_with_the_distance_normalisation(ad_report, chessboard_victim, digits):
+    """``null="size"`` tests the smallest size-like statistic under a Gamma fitted to the statistics; the
+    distance normalisation divides by the class-mean distances of the clean set."""
+    from art_backdoor_ext.functional.pair_normalisation import class_mean_distances, source_normalised_statistics
+    from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
+
+    x, y = sample_per_class(digits.x_test, digits.y_test, 20, random_state=0)
+    r = OrderStatisticDetector(chessboard_victim.classifier, statistic="source-normalised-distance",
+                               null="size").scan(x, y)
+    off = ~np.eye(10, dtype=bool)
+    expected = source_normalised_statistics(ad_report.sizes) / class_mean_distances(x, y)
+    np.testing.assert_allclose(r.statistics[off], expected[off])
+    assert r.null["variable"] == "size" and r.p_value == size_order_statistic_pvalue(expected).p_value
+    assert r.detected and (r.source, r.target) == (1, 0)
+    assert json.loads(json.dumps(r.to_dict(), allow_nan=False))["null"]["variable"] == "size"
+
+
 def test_first_conv_feature_space(chessboard_victim, digits):
     x, y = sample_per_class(digits.x_test, digits.y_test, 10, random_state=0)
     r = OrderStatisticDetector(chessboard_victim.classifier, layer="auto", statistic="size").scan(x, y)
@@ -110,6 +149,8 @@ def test_bad_input(badnets_victim, clean_set):
         OrderStatisticDetector(clf, layer="nope")
     with pytest.raises(InvalidParameterError, match="objective must be one of"):
         OrderStatisticDetector(clf, objective="K")
+    with pytest.raises(InvalidParameterError, match="null must be one of"):
+        OrderStatisticDetector(clf, null="gamma")
     with torch.random.fork_rng(devices=[]):
         two = make_classifier(DigitsCNN(nb_classes=2), device_type="cpu")
     with pytest.raises(DataError, match="at least 3 classes"):
