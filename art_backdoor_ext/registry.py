@@ -144,6 +144,12 @@ def _ad_paper(context: EvaluationContext) -> list[DefenceOutcome]:
     return _ad_outcome(context, statistic="size")
 
 
+@register_defence("ad-normalised", "model-scanner",
+                  "AD with the source-and-distance-normalised statistic and the Gamma null on sizes (this project)")
+def _ad_normalised(context: EvaluationContext) -> list[DefenceOutcome]:
+    return _ad_outcome(context, statistic="source-normalised-distance", null="size")
+
+
 @register_defence("nc", "model-scanner", "Neural Cleanse for PyTorch, MAD anomaly index > 2")
 def _nc(context: EvaluationContext) -> list[DefenceOutcome]:
     from art_backdoor_ext.defences import PyTorchNeuralCleanse

@@ -142,6 +142,25 @@ def test_ad_statistics_benchmark_tiny_run(monkeypatch):
     json.dumps(report.to_dict())
 
 
+def test_ad_benchmark_tiny_run_has_the_derived_rows(monkeypatch):
+    """bench ad derives the asymmetry and the normalised/size-null rows from each variant's own scan."""
+    from art_backdoor_ext.benchmarks import ad
+
+    monkeypatch.setitem(ad.PROFILES, "fast", {**ad.PROFILES["fast"], "models": 1, "per_class": 4, "epochs": 2,
+                                              "variants": ["AD-J-P (input)"], "speed": False})
+    monkeypatch.setattr(ad, "_neural_cleanse", lambda: None)
+    report = run_benchmark("ad", profile="fast")
+    strict, loose, victims = report.tables.values()
+    assert [r["detector"] for r in strict] == ["AD-J-P (input)", "AD-J-P (input) + asymmetry",
+                                               "AD-J-P (input) + normalised, size null"]
+    for at_05, at_001 in zip(strict, loose):
+        assert at_05["detector"] == at_001["detector"] and at_05["min p clean"] == at_001["min p clean"]
+        assert (at_05["Clean"] == 1.0) == (at_05["min p clean"] >= 0.05)
+        assert (at_001["Clean"] == 1.0) == (at_001["min p clean"] >= 1e-3)
+    assert [v["group"] for v in victims] == list(ad.GROUPS)
+    json.dumps(report.to_dict())
+
+
 def test_pair_ranks_counts_smaller_off_diagonal_pairs():
     from art_backdoor_ext.benchmarks.ad import pair_ranks
 
