@@ -35,10 +35,10 @@ def add_scan_parser(sub: Any, func: Any) -> None:
                            "layer names (default: three picked automatically)")
     scan.add_argument("--statistic", choices=["asymmetry", "size", "ratio", "source-normalised",
                                                  "source-normalised-margin", "source-normalised-distance"],
-                      default=None, help="AD: 'asymmetry' (default: size over the reverse pair's size), 'size' "
-                                         "(the paper) or a source normalisation (docs/order-statistic.md)")
+                      default=None, help="AD: 'source-normalised-distance' (default), 'size' (the paper), "
+                                         "'asymmetry' or another normalisation (docs/order-statistic.md)")
     scan.add_argument("--null", choices=["reciprocal", "size"], default=None,
-                      help="AD: Gamma null on the reciprocals (default, the paper's Eq. 4) or on the sizes")
+                      help="AD: Gamma null on the sizes (default) or on the reciprocals (the paper's Eq. 4)")
     scan.add_argument("--norm", choices=["l1", "l2"], default=None, help="AD: perturbation norm (default l2)")
     scan.add_argument("--objective", choices=["J", "Jp", "Jc"], default=None, help="AD: objective (default J)")
     scan.add_argument("--variant", choices=["both", "pairs", "all-to-one"], default=None,

@@ -134,20 +134,22 @@ def _ad_outcome(context: EvaluationContext, **kwargs: Any) -> list[DefenceOutcom
     ]
 
 
-@register_defence("ad", "model-scanner", "AD order-statistic detector, input space, asymmetry statistic (this project)")
+@register_defence("ad", "model-scanner",
+                  "AD order-statistic detector, input space, source-and-distance-normalised statistic, Gamma null "
+                  "on sizes (this project's default)")
 def _ad(context: EvaluationContext) -> list[DefenceOutcome]:
     return _ad_outcome(context)
 
 
 @register_defence("ad-paper", "model-scanner", "AD order-statistic detector as in the paper (AD-J-P, input space)")
 def _ad_paper(context: EvaluationContext) -> list[DefenceOutcome]:
-    return _ad_outcome(context, statistic="size")
+    return _ad_outcome(context, statistic="size", null="reciprocal")
 
 
-@register_defence("ad-normalised", "model-scanner",
-                  "AD with the source-and-distance-normalised statistic and the Gamma null on sizes (this project)")
-def _ad_normalised(context: EvaluationContext) -> list[DefenceOutcome]:
-    return _ad_outcome(context, statistic="source-normalised-distance", null="size")
+@register_defence("ad-asymmetry", "model-scanner",
+                  "AD with the asymmetry statistic and the paper's null (this project's previous default)")
+def _ad_asymmetry(context: EvaluationContext) -> list[DefenceOutcome]:
+    return _ad_outcome(context, statistic="asymmetry", null="reciprocal")
 
 
 @register_defence("nc", "model-scanner", "Neural Cleanse for PyTorch, MAD anomaly index > 2")

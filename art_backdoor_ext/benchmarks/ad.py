@@ -70,16 +70,16 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 
-_PAPER = {"layer": None, "statistic": "size"}
+_PAPER = {"layer": None, "statistic": "size", "null": "reciprocal"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "AD-J-P (input)": _PAPER,
     "AD-Jp-P (input)": {**_PAPER, "objective": "Jp"},
     "AD-Jc-P (input)": {**_PAPER, "objective": "Jc"},
     "AD-J-C (input)": {**_PAPER, "confusion_correction": True},
     "AD-J-P-L1 (input)": {**_PAPER, "norm": "l1"},
-    "AD-J-P ratio (input)": {"layer": None, "statistic": "ratio"},
-    "AD-J-P (first conv)": {"layer": "auto", "statistic": "size"},
-    "AD-J-P-L1 (first conv)": {"layer": "auto", "statistic": "size", "norm": "l1"},
+    "AD-J-P ratio (input)": {**_PAPER, "statistic": "ratio"},
+    "AD-J-P (first conv)": {**_PAPER, "layer": "auto"},
+    "AD-J-P-L1 (first conv)": {**_PAPER, "layer": "auto", "norm": "l1"},
 }
 GROUPS = ("BD-P-S", "BD-G-S", "BD-G-M", "Clean")
 #: Variants whose sizes also feed the derived statistics below.

@@ -110,5 +110,6 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
         f"accuracy at theta = {THETA} (attacked: right target and source; clean: not flagged)": rows,
         "victims": victims})
     report.notes += [f"dataset {data.name}, {n_models} victims per group (the same seeds as bench ad), "
-                     f"{cfg['per_class']} clean images per class; both statistics from one scan per row pair"]
+                     f"{cfg['per_class']} clean images per class; every statistic and null from one scan per "
+                     "space and norm"]
     return report

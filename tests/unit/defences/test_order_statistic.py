@@ -38,25 +38,32 @@ def ad_report(chessboard_victim, digits):
 
 
 def test_detects_the_single_source_backdoor_pair(ad_report):
-    """Default: input space, asymmetry statistic (size over the reverse pair's size)."""
+    """Default: input space, source-and-distance-normalised statistic, Gamma null on the sizes."""
     assert ad_report.detected and ad_report.p_value < 0.05
     assert (ad_report.source, ad_report.target) == (1, 0)
-    assert ad_report.settings["resolved_layer"] is None and ad_report.settings["statistic"] == "asymmetry"
+    assert ad_report.settings["resolved_layer"] is None
+    assert ad_report.settings["statistic"] == "source-normalised-distance" and ad_report.settings["null"] == "size"
     s = ad_report.statistics
     assert s.shape == (10, 10) and np.all(np.isnan(np.diag(s))) and np.all(np.isfinite(s[~np.eye(10, dtype=bool)]))
-    # the detected pair has the smallest statistic, by construction of r_max
+    # the detected pair has the smallest statistic (the size null tests the minimum)
     assert s[ad_report.source, ad_report.target] == np.nanmin(s)
     assert ad_report.estimated_pattern.shape == (1, 8, 8)
 
 
-def test_paper_statistic_and_asymmetry_come_from_the_same_sizes(ad_report, chessboard_victim, digits):
+def test_paper_statistic_and_default_come_from_the_same_sizes(ad_report, chessboard_victim, digits):
+    from art_backdoor_ext.functional.pair_normalisation import class_mean_distances, source_normalised_statistics
+    from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
+
     x, y = sample_per_class(digits.x_test, digits.y_test, 20, random_state=0)
-    paper = OrderStatisticDetector(chessboard_victim.classifier, statistic="size").scan(x, y)
+    paper = OrderStatisticDetector(chessboard_victim.classifier, statistic="size", null="reciprocal").scan(x, y)
     np.testing.assert_array_equal(paper.sizes, ad_report.sizes)  # same scan, only the statistic differs
     off = ~np.eye(10, dtype=bool)
     np.testing.assert_array_equal(paper.statistics[off], paper.sizes[off])
-    np.testing.assert_allclose(ad_report.statistics[off], (ad_report.sizes / ad_report.sizes.T)[off])
-    assert paper.detected and (paper.source, paper.target) == (1, 0)
+    assert paper.null["variable"] == "reciprocal" and paper.detected and (paper.source, paper.target) == (1, 0)
+    expected = source_normalised_statistics(ad_report.sizes) / class_mean_distances(x, y)
+    np.testing.assert_allclose(ad_report.statistics[off], expected[off])
+    assert ad_report.null["variable"] == "size"
+    assert ad_report.p_value == size_order_statistic_pvalue(expected).p_value
 
 
 def test_source_normalised_statistics_come_from_the_same_sizes(ad_report, chessboard_victim, digits):
@@ -67,13 +74,13 @@ def test_source_normalised_statistics_come_from_the_same_sizes(ad_report, chessb
     x, y = sample_per_class(digits.x_test, digits.y_test, 20, random_state=0)
     clf = chessboard_victim.classifier
     off = ~np.eye(10, dtype=bool)
-    rel = OrderStatisticDetector(clf, statistic="source-normalised").scan(x, y)
+    rel = OrderStatisticDetector(clf, statistic="source-normalised", null="reciprocal").scan(x, y)
     np.testing.assert_array_equal(rel.sizes, ad_report.sizes)
     d = ad_report.sizes
     for s, t in [(1, 0), (0, 1), (7, 3)]:  # size over the median of the source's other eight pairs
         others = [d[s, u] for u in range(10) if u not in (s, t)]
         assert rel.statistics[s, t] == pytest.approx(d[s, t] / np.median(others))
-    margin = OrderStatisticDetector(clf, statistic="source-normalised-margin").scan(x, y)
+    margin = OrderStatisticDetector(clf, statistic="source-normalised-margin", null="reciprocal").scan(x, y)
     expected = rel.statistics / np.sqrt(clean_margins(clf.predict(x), y))
     np.testing.assert_allclose(margin.statistics[off], expected[off], rtol=1e-6)
     assert rel.detected and (rel.source, rel.target) == (1, 0)
@@ -81,21 +88,14 @@ def test_source_normalised_statistics_come_from_the_same_sizes(ad_report, chessb
     assert margin.target == 0 and margin.statistics[margin.source, margin.target] == np.nanmin(margin.statistics)
 
 
-def test_size_null_with_the_distance_normalisation(ad_report, chessboard_victim, digits):
-    """``null="size"`` tests the smallest size-like statistic under a Gamma fitted to the statistics; the
-    distance normalisation divides by the class-mean distances of the clean set."""
-    from art_backdoor_ext.functional.pair_normalisation import class_mean_distances, source_normalised_statistics
-    from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
-
+def test_asymmetry_statistic_with_the_paper_null(ad_report, chessboard_victim, digits):
+    """The previous default: size over the reverse pair's size, Gamma null on the reciprocals."""
     x, y = sample_per_class(digits.x_test, digits.y_test, 20, random_state=0)
-    r = OrderStatisticDetector(chessboard_victim.classifier, statistic="source-normalised-distance",
-                               null="size").scan(x, y)
+    r = OrderStatisticDetector(chessboard_victim.classifier, statistic="asymmetry", null="reciprocal").scan(x, y)
     off = ~np.eye(10, dtype=bool)
-    expected = source_normalised_statistics(ad_report.sizes) / class_mean_distances(x, y)
-    np.testing.assert_allclose(r.statistics[off], expected[off])
-    assert r.null["variable"] == "size" and r.p_value == size_order_statistic_pvalue(expected).p_value
-    assert r.detected and (r.source, r.target) == (1, 0)
-    assert json.loads(json.dumps(r.to_dict(), allow_nan=False))["null"]["variable"] == "size"
+    np.testing.assert_allclose(r.statistics[off], (ad_report.sizes / ad_report.sizes.T)[off])
+    assert r.null["variable"] == "reciprocal" and r.detected and (r.source, r.target) == (1, 0)
+    assert json.loads(json.dumps(r.to_dict(), allow_nan=False))["null"]["variable"] == "reciprocal"
 
 
 def test_first_conv_feature_space(chessboard_victim, digits):
