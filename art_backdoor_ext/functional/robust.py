@@ -52,6 +52,15 @@ def _square_matrix(x: ArrayLike, name: str, min_k: int = 2) -> tuple[np.ndarray,
     return arr, values
 
 
+def _n_exclude(n_exclude: int | None, k: int) -> int:
+    """How many extreme statistics to set aside before fitting a null: ``K - 1`` by default (one target)."""
+    n_stat = k * (k - 1)
+    n_ex = k - 1 if n_exclude is None else n_exclude
+    if isinstance(n_ex, bool) or not isinstance(n_ex, (int, np.integer)) or not 1 <= n_ex <= n_stat - 2:
+        raise InvalidParameterError(f"n_exclude must be an int in [1, {n_stat - 2}], got {n_ex!r}")
+    return int(n_ex)
+
+
 def _vector(x: ArrayLike, name: str, min_size: int = 1) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 1:
@@ -281,9 +290,7 @@ def order_statistic_pvalue(
     k = arr.shape[0]
     n_stat = k * (k - 1)
     if robust:
-        n_ex = k - 1 if n_exclude is None else n_exclude
-        if isinstance(n_ex, bool) or not isinstance(n_ex, (int, np.integer)) or not 1 <= n_ex <= n_stat - 2:
-            raise InvalidParameterError(f"n_exclude must be an int in [1, {n_stat - 2}], got {n_ex!r}")
+        n_ex = _n_exclude(n_exclude, k)
         ordered = np.sort(values)
         fit_values, truncation = ordered[: n_stat - int(n_ex)], float(ordered[n_stat - int(n_ex)])
     else:

@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike
 from scipy import optimize, special
 
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
-from art_backdoor_ext.functional.robust import GammaNull, OrderStatisticResult, _square_matrix
+from art_backdoor_ext.functional.robust import GammaNull, OrderStatisticResult, _n_exclude, _square_matrix
 
 __all__ = ["fit_left_truncated_gamma", "size_order_statistic_pvalue"]
 
@@ -107,11 +107,9 @@ def size_order_statistic_pvalue(sizes: ArrayLike, *, n_exclude: int | None = Non
         raise DataError("sizes must be finite and >= 0 off the diagonal")
     k = arr.shape[0]
     n_stat = k * (k - 1)
-    n_ex = k - 1 if n_exclude is None else n_exclude
-    if isinstance(n_ex, bool) or not isinstance(n_ex, (int, np.integer)) or not 1 <= n_ex <= n_stat - 2:
-        raise InvalidParameterError(f"n_exclude must be an int in [1, {n_stat - 2}], got {n_ex!r}")
+    n_ex = _n_exclude(n_exclude, k)
     ordered = np.sort(values)
-    fit_values, truncation = ordered[int(n_ex):], float(ordered[int(n_ex) - 1])
+    fit_values, truncation = ordered[n_ex:], float(ordered[n_ex - 1])
     if (fit_values <= 0).any():
         raise DataError(f"too many zero sizes to fit a null: {int((values == 0).sum())} of {n_stat}")
     null = fit_left_truncated_gamma(fit_values, truncation)

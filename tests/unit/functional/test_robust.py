@@ -99,8 +99,8 @@ def test_gamma_null_to_dict_json_round_trip():
     null = GammaNull(shape=np.float64(2.0), scale=np.float64(3.0), truncation=math.inf, n_fit=np.int64(4))
     d = null.to_dict()
     assert json.loads(json.dumps(d, allow_nan=False)) == d
-    assert d == {"shape": 2.0, "scale": 3.0, "truncation": None, "n_fit": 4}
-    assert all(type(v) in (float, int, type(None)) for v in d.values())
+    assert d == {"shape": 2.0, "scale": 3.0, "truncation": None, "n_fit": 4, "variable": "reciprocal"}
+    assert all(type(v) in (float, int, str, type(None)) for v in d.values())
 
 
 @pytest.mark.parametrize(
