@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -68,3 +70,12 @@ def fresh_classifier():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         return make_classifier(DigitsCNN(), device_type="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Every test's matplotlib figures are closed afterwards (pyplot keeps them open and warns past 20)."""
+    yield
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        plt.close("all")
