@@ -14,7 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
-from art_backdoor_ext.functional.pair_normalisation import source_normalised_statistics
+from art_backdoor_ext.functional.pair_normalisation import (
+    class_mean_distances,
+    clean_margins,
+    source_normalised_statistics,
+)
 from art_backdoor_ext.functional.robust import asymmetry_statistics, order_statistic_pvalue, reciprocal_statistics
 from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
 
@@ -25,23 +29,10 @@ VERBOSE = "-v" in sys.argv
 GRID = "-g" in sys.argv
 
 
-def margins(logits: np.ndarray, y: np.ndarray, k: int, q: float) -> np.ndarray:
-    """Per pair (s, t): the q-quantile over clean samples of class s of logit_s - logit_t (floored)."""
-    out = np.full((k, k), np.nan)
-    for s in range(k):
-        z = logits[y == s]
-        for t in range(k):
-            if t != s:
-                out[s, t] = np.quantile(z[:, s] - z[:, t], q)
-    return np.maximum(out, 1e-3)
-
-
-def data_distances(x: np.ndarray, y: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """Model-free closeness of each class pair in the clean set: the L2 distance of the class means, and the
-    median over source samples of the distance to the nearest target sample."""
+def nn_distances(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """Model-free closeness of each class pair: the median over source samples of the distance to the nearest
+    target sample (the class-mean distance is the library's ``class_mean_distances``)."""
     flat = x.reshape(len(x), -1).astype(np.float64)
-    means = np.stack([flat[y == c].mean(0) for c in range(k)])
-    mean_dist = np.linalg.norm(means[:, None] - means[None], axis=-1)
     sq = (flat**2).sum(1)
     dist = np.sqrt(np.maximum(sq[:, None] + sq[None] - 2 * flat @ flat.T, 0))
     nn = np.full((k, k), np.nan)
@@ -49,7 +40,7 @@ def data_distances(x: np.ndarray, y: np.ndarray, k: int) -> dict[str, np.ndarray
         for t in range(k):
             if s != t:
                 nn[s, t] = np.median(dist[np.ix_(y == s, y == t)].min(1))
-    return {"mean": mean_dist, "nn": nn}
+    return nn
 
 
 def _off(a: np.ndarray) -> np.ndarray:
@@ -59,9 +50,9 @@ def _off(a: np.ndarray) -> np.ndarray:
 def candidates(d: dict) -> dict[str, np.ndarray]:
     sizes = np.maximum(d["sizes"], 1e-12)
     k = len(sizes)
-    dd = data_distances(d["x"], d["y"], k)
-    m80 = margins(d["logits"], d["y"], k, 0.8)
-    m50 = margins(d["logits"], d["y"], k, 0.5)
+    dd = {"mean": class_mean_distances(d["x"], d["y"]), "nn": nn_distances(d["x"], d["y"], k)}
+    m80 = clean_margins(d["logits"], d["y"], quantile=0.8)
+    m50 = clean_margins(d["logits"], d["y"], quantile=0.5)
     return {
         "size (paper)": sizes,
         "asymmetry": asymmetry_statistics(sizes),
