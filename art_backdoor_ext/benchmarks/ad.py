@@ -30,7 +30,7 @@ from art_backdoor_ext.attacks.triggers import chessboard_trigger, sparse_pixel_t
 from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark, seeded_victim_setup
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
-from art_backdoor_ext.functional.pair_normalisation import class_mean_distances, source_normalised_statistics
+from art_backdoor_ext.functional.pair_normalisation import normalised_statistics
 from art_backdoor_ext.functional.robust import asymmetry_statistics, order_statistic_pvalue, reciprocal_statistics
 from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
 from art_backdoor_ext.training import fit_classifier, train_victim
@@ -91,7 +91,7 @@ ASYMMETRY_FROM = ("AD-J-P (input)", "AD-J-P-L1 (input)", "AD-J-P (first conv)", 
 DERIVED: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], Any]] = {
     "asymmetry": lambda d, x, y: order_statistic_pvalue(reciprocal_statistics(asymmetry_statistics(d))),
     "normalised, size null": lambda d, x, y: size_order_statistic_pvalue(
-        source_normalised_statistics(np.maximum(d, 1e-12)) / class_mean_distances(x, y)),
+        normalised_statistics(d, "source-normalised-distance", x=x, y=y)),
 }
 
 

@@ -28,11 +28,7 @@ from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark
 from art_backdoor_ext.benchmarks.ad import GROUPS, PROFILES, _verdict, _victim, pair_ranks
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
-from art_backdoor_ext.functional.pair_normalisation import (
-    class_mean_distances,
-    clean_margins,
-    source_normalised_statistics,
-)
+from art_backdoor_ext.functional.pair_normalisation import NORMALISED_STATISTICS, normalised_statistics
 from art_backdoor_ext.functional.robust import asymmetry_statistics, order_statistic_pvalue, reciprocal_statistics
 from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
 
@@ -48,21 +44,26 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "fast": {"models": 6, "scans": tuple(SCANS)},
     "full": {"models": 5, "scans": ("input L2", "first conv L2")},
 }
-#: name -> statistic from (sizes, clean margins, class-mean distances); the last three are this project's
-#: source normalisations (:mod:`~art_backdoor_ext.functional.pair_normalisation`).
-STATISTICS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
-    "size (paper)": lambda d, m, c: d,
-    "asymmetry": lambda d, m, c: asymmetry_statistics(d),
-    "source-normalised": lambda d, m, c: source_normalised_statistics(d),
-    "source-normalised-margin": lambda d, m, c: source_normalised_statistics(d) / np.sqrt(m),
-    "source-normalised-distance": lambda d, m, c: source_normalised_statistics(d) / c,
-}
+#: The statistics evaluated from each scan's sizes: the paper's, the asymmetry statistic, and this project's
+#: three normalisations (:mod:`~art_backdoor_ext.functional.pair_normalisation`).
+STATISTICS = ("size (paper)", "asymmetry", *NORMALISED_STATISTICS)
 #: name -> order-statistic inference on a size-like matrix: the paper's Eq. 4, or the Gamma on sizes.
 NULLS: dict[str, Callable[[np.ndarray], Any]] = {
     "reciprocal (paper)": lambda s: order_statistic_pvalue(reciprocal_statistics(s)),
     "size": size_order_statistic_pvalue,
 }
 THETA = 0.05
+
+
+def _statistic(sizes: np.ndarray, name: str, x: np.ndarray, y: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    if name == "size (paper)":
+        statistic = np.maximum(sizes, 1e-12)
+    elif name == "asymmetry":
+        statistic = asymmetry_statistics(np.maximum(sizes, 1e-12))
+    else:
+        statistic = normalised_statistics(sizes, name, x=x, y=y, outputs=outputs)
+    np.fill_diagonal(statistic, np.nan)
+    return statistic
 
 
 @register_benchmark("ad-statistics")
@@ -82,12 +83,11 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
             victim_row: dict[str, Any] = {"group": group, "seed": seed, "target": target, "sources": str(sources),
                                           "ASR": asr}
             victims.append(victim_row)
-            margins, distances = clean_margins(clf.predict(x), y), class_mean_distances(x, y)
+            outputs = clf.predict(x)
             for scan in settings["scans"]:
                 sizes = OrderStatisticDetector(clf, **SCANS[scan]).scan(x, y).sizes
-                for stat, transform in STATISTICS.items():
-                    statistic = transform(np.maximum(sizes, 1e-12), margins, distances)
-                    np.fill_diagonal(statistic, np.nan)
+                for stat in STATISTICS:
+                    statistic = _statistic(sizes, stat, x, y, outputs)
                     victim_row[f"true pair rank ({scan}, {stat})"] = pair_ranks(statistic, target, sources)
                     for null, inference in NULLS.items():
                         ost = inference(statistic)

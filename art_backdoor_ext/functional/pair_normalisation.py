@@ -5,8 +5,8 @@
 
 On Fashion-MNIST some *source* classes are easy to move to any target (sneakers: mostly dark images) and some
 pairs are naturally close (coat -> pullover), so a clean model's smallest pair is an outlier of AD's null as
-often as a backdoor pair is. Dividing each size by the median size of its source's row removes the first
-effect; dividing further by the clean margin of the pair (how confidently the model separates the two classes
+often as a backdoor pair is. Dividing each size by the median size of its source's other pairs removes the
+first effect; dividing further by the clean margin of the pair (how confidently the model separates the two classes
 on clean data) or by the distance of the two classes' mean images (how close they are in the data, no model
 involved) weakens the second.
 """
@@ -16,9 +16,39 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from art_backdoor_ext.exceptions import DataError
+from art_backdoor_ext._validation import check_class_counts, check_labels
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 
-__all__ = ["class_mean_distances", "clean_margins", "source_normalised_statistics"]
+__all__ = ["NORMALISED_STATISTICS", "class_mean_distances", "clean_margins", "normalised_statistics",
+           "source_normalised_statistics"]
+
+#: The size-like statistics :func:`normalised_statistics` computes.
+NORMALISED_STATISTICS = ("source-normalised", "source-normalised-margin", "source-normalised-distance")
+
+
+def normalised_statistics(sizes: ArrayLike, statistic: str, *, x: ArrayLike | None = None,
+                          y: ArrayLike | None = None, outputs: ArrayLike | None = None) -> np.ndarray:
+    """One of this project's normalised AD statistics, from a scan's sizes and its clean set.
+
+    ``"source-normalised"``: :func:`source_normalised_statistics`; ``"source-normalised-margin"``: that over the
+    square root of :func:`clean_margins` (needs ``outputs`` and ``y``); ``"source-normalised-distance"``: that
+    over :func:`class_mean_distances` (needs ``x`` and ``y``). Sizes below 1e-12 are raised to it first.
+
+    :return: K x K size-like statistic (small = suspicious), NaN diagonal.
+    :raises InvalidParameterError: an unknown ``statistic`` or a missing input it needs.
+    """
+    if statistic not in NORMALISED_STATISTICS:
+        raise InvalidParameterError(f"statistic must be one of {NORMALISED_STATISTICS}, got {statistic!r}")
+    out = source_normalised_statistics(np.maximum(np.asarray(sizes, dtype=np.float64), 1e-12))
+    if statistic == "source-normalised-margin":
+        if outputs is None or y is None:
+            raise InvalidParameterError("statistic='source-normalised-margin' needs the clean outputs and labels")
+        out = out / np.sqrt(clean_margins(outputs, y))
+    elif statistic == "source-normalised-distance":
+        if x is None or y is None:
+            raise InvalidParameterError("statistic='source-normalised-distance' needs the clean images and labels")
+        out = out / class_mean_distances(x, y)
+    return out
 
 
 def source_normalised_statistics(sizes: ArrayLike) -> np.ndarray:
@@ -63,22 +93,19 @@ def clean_margins(outputs: ArrayLike, y: ArrayLike, *, quantile: float = 0.5, fl
     :param quantile: in [0, 1]; 0.5 (the median) by default.
     :param floor: smallest margin returned (> 0).
     :return: K x K float64, NaN diagonal.
-    :raises DataError: shapes that do not match, labels out of range, a class without samples.
+    :raises DataError: shapes that do not match, one-hot or non-integer labels, labels out of range, a class
+        without samples.
 
     >>> z = np.array([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0], [0.0, 0.5, 1.0]])
     >>> clean_margins(z, np.array([0, 1, 2]))[0].tolist()
     [nan, 2.0, 3.0]
     """
     z = np.asarray(outputs, dtype=np.float64)
-    labels = np.asarray(y)
-    if z.ndim != 2 or labels.shape != (len(z),):
-        raise DataError(f"outputs must be (N, K) and y (N,), got {z.shape} and {labels.shape}")
+    if z.ndim != 2:
+        raise DataError(f"outputs must be (N, K) classifier outputs, got shape {z.shape}")
     k = z.shape[1]
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= k:
-        raise DataError(f"y must hold integer labels in [0, {k})")
-    missing = sorted(set(range(k)) - set(labels.tolist()))
-    if missing:
-        raise DataError(f"every class needs clean samples; missing {missing}")
+    labels = check_labels(y, n_samples=len(z), nb_classes=k)
+    check_class_counts(labels, nb_classes=k, min_per_class=1)
     if not 0.0 <= quantile <= 1.0 or floor <= 0:
         raise DataError(f"quantile must be in [0, 1] and floor > 0, got {quantile} and {floor}")
     if (z >= 0).all() and np.allclose(z.sum(axis=1), 1.0, atol=1e-4):
@@ -105,13 +132,9 @@ def class_mean_distances(x: ArrayLike, y: ArrayLike) -> np.ndarray:
     """
     arr = np.asarray(x, dtype=np.float64)
     flat = arr.reshape(len(arr), -1)
-    labels = np.asarray(y)
-    if labels.shape != (len(flat),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise DataError(f"y must be (N,) integer labels >= 0 for x of {len(flat)} samples")
+    labels = check_labels(y, n_samples=len(flat), nb_classes=int(np.max(y)) + 1 if len(flat) else 1)
     k = int(labels.max()) + 1
-    missing = sorted(set(range(k)) - set(labels.tolist()))
-    if missing:
-        raise DataError(f"every class needs clean samples; missing {missing}")
+    check_class_counts(labels, nb_classes=k, min_per_class=1)
     means = np.stack([flat[labels == c].mean(axis=0) for c in range(k)])
     out = np.linalg.norm(means[:, None, :] - means[None, :, :], axis=-1)
     np.fill_diagonal(out, np.nan)

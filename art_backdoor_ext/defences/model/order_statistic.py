@@ -52,11 +52,7 @@ from art_backdoor_ext.defences.model.perturbation import (
     pair_problems,
 )
 from art_backdoor_ext.exceptions import DataError
-from art_backdoor_ext.functional.pair_normalisation import (
-    class_mean_distances,
-    clean_margins,
-    source_normalised_statistics,
-)
+from art_backdoor_ext.functional.pair_normalisation import NORMALISED_STATISTICS, normalised_statistics
 from art_backdoor_ext.functional.robust import (
     asymmetry_statistics,
     confusion_correction,
@@ -68,8 +64,7 @@ from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
 __all__ = ["OrderStatisticDetector", "OrderStatisticReport"]
 
 #: Accepted ``statistic`` values: the paper's, then this project's normalisations (see the module doc).
-STATISTICS = ("size", "ratio", "asymmetry", "source-normalised", "source-normalised-margin",
-              "source-normalised-distance")
+STATISTICS = ("size", "ratio", "asymmetry", *NORMALISED_STATISTICS)
 #: Accepted ``null`` values: the paper's Gamma on reciprocals (Eq. 4), or this project's Gamma on sizes.
 NULLS = ("reciprocal", "size")
 
@@ -299,13 +294,10 @@ class OrderStatisticDetector(ModelScanner):
             statistics = sizes / np.maximum(self._individual_sizes(self.engine(scale), x, y, k), 1e-12)
         elif self.statistic == "asymmetry":
             statistics = asymmetry_statistics(np.maximum(sizes, 1e-12))
-        elif self.statistic.startswith("source-normalised"):
-            statistics = source_normalised_statistics(np.maximum(sizes, 1e-12))
-            if self.statistic == "source-normalised-margin":
-                outputs = self.classifier.predict(x, batch_size=min(self.batch_size, 1024))
-                statistics = statistics / np.sqrt(clean_margins(outputs, y))
-            elif self.statistic == "source-normalised-distance":
-                statistics = statistics / class_mean_distances(x, y)
+        elif self.statistic in NORMALISED_STATISTICS:
+            outputs = (self.classifier.predict(x, batch_size=min(self.batch_size, 1024))
+                       if self.statistic == "source-normalised-margin" else None)
+            statistics = normalised_statistics(sizes, self.statistic, x=x, y=y, outputs=outputs)
         statistics = np.where(np.eye(k, dtype=bool), np.nan, statistics)
         if self.null == "size":
             ost = size_order_statistic_pvalue(statistics)

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 
-from art_backdoor_ext.exceptions import DataError
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 from art_backdoor_ext.functional.pair_normalisation import (
     class_mean_distances,
     clean_margins,
+    normalised_statistics,
     source_normalised_statistics,
 )
 from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
@@ -93,14 +94,35 @@ def test_probabilities_give_the_same_margins_as_logits():
 
 def test_margins_bad_input():
     z = np.zeros((6, 3))
-    with pytest.raises(DataError, match="missing"):
+    with pytest.raises(DataError, match="no samples of class"):
         clean_margins(z, np.array([0, 0, 1, 1, 0, 1]))
-    with pytest.raises(DataError, match="integer labels"):
+    with pytest.raises(DataError, match="valid labels 0..2"):
         clean_margins(z, np.array([0, 1, 2, 3, 0, 1]))
-    with pytest.raises(DataError, match="integer labels"):
-        clean_margins(z, np.array([0.0, 1, 2, 0, 1, 2]))
-    with pytest.raises(DataError, match=r"\(N, K\)"):
+    with pytest.raises(DataError, match="integer class labels"):
+        clean_margins(z, np.array([0.5, 1, 2, 0, 1, 2]))
+    with pytest.raises(DataError, match="looks one-hot"):
+        clean_margins(z, np.eye(3)[[0, 1, 2, 0, 1, 2]])
+    with pytest.raises(DataError, match="3 labels but there are 6 samples"):
         clean_margins(z, np.array([0, 1, 2]))
+    with pytest.raises(DataError, match=r"\(N, K\)"):
+        clean_margins(z[0], np.array([0, 1, 2]))
+
+
+def test_normalised_statistics_dispatch():
+    rng = np.random.default_rng(5)
+    d = _sizes(rng)
+    x, y = rng.uniform(size=(30, 1, 2, 2)), np.repeat(np.arange(10), 3)
+    z = rng.normal(size=(30, 10))
+    base = source_normalised_statistics(d)
+    np.testing.assert_allclose(normalised_statistics(d, "source-normalised")[OFF], base[OFF])
+    np.testing.assert_allclose(normalised_statistics(d, "source-normalised-distance", x=x, y=y)[OFF],
+                               (base / class_mean_distances(x, y))[OFF])
+    np.testing.assert_allclose(normalised_statistics(d, "source-normalised-margin", y=y, outputs=z)[OFF],
+                               (base / np.sqrt(clean_margins(z, y)))[OFF])
+    with pytest.raises(InvalidParameterError, match="needs the clean images"):
+        normalised_statistics(d, "source-normalised-distance", y=y)
+    with pytest.raises(InvalidParameterError, match="must be one of"):
+        normalised_statistics(d, "asymmetry")
 
 
 def test_class_mean_distances():
@@ -112,9 +134,11 @@ def test_class_mean_distances():
     assert dist[0, 2] == pytest.approx(np.linalg.norm(means[0] - means[2]), rel=1e-6)
     np.testing.assert_allclose(dist, dist.T)
     assert np.isnan(np.diag(dist)).all()
-    with pytest.raises(DataError, match="missing"):
+    with pytest.raises(DataError, match="no samples of class"):
         class_mean_distances(x[:8], np.array([0, 0, 0, 0, 2, 2, 2, 2]))
     with pytest.raises(DataError, match="identical mean"):
         class_mean_distances(np.zeros((3, 4)), np.array([0, 1, 2]))
-    with pytest.raises(DataError, match="integer labels"):
-        class_mean_distances(x, y.astype(float))
+    with pytest.raises(DataError, match="integer class labels"):
+        class_mean_distances(x, y + 0.5)
+    with pytest.raises(DataError, match="looks one-hot"):
+        class_mean_distances(x, np.eye(3)[y])
