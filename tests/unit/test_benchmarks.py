@@ -200,3 +200,21 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
             assert victim["premise layer"] in ("relu1", "relu2", "relu3") and stats > 0
             assert row["GT ratio / Eq.1 median"] == pytest.approx(victim["GT ratio / Eq.1 median"])
     json.dumps(report.to_dict())
+
+
+def test_cepa_per_layer_column_ranks_the_true_target_by_the_detection_statistic():
+    from types import SimpleNamespace
+
+    from art_backdoor_ext.benchmarks.cepa import _per_layer
+
+    ratio = np.array([0.9, 0.5, 0.7, np.nan])  # consensus: small = extreme; NaN (never reached) ranks last
+    norm = np.array([1.0, 3.0, 2.0, np.nan])  # norm: large = extreme
+    stats = {"all-to-one": {"a": {"ratio": ratio, "mu_norm": norm}}}
+    tests = [{"variant": "all-to-one", "layer": "a", "p_value": 0.0123, "target": 1}]
+    consensus = SimpleNamespace(tests=tests, statistics=stats, statistic="consensus")
+    assert _per_layer(consensus, 2) == "a: p 0.012 -> 1 (true #2)"
+    assert _per_layer(consensus, 3) == "a: p 0.012 -> 1 (true #4)"
+    assert _per_layer(consensus, None) == "a: p 0.012 -> 1"
+    by_norm = SimpleNamespace(tests=tests, statistics=stats, statistic="norm")
+    assert _per_layer(by_norm, 0) == "a: p 0.012 -> 1 (true #3)"
+    assert _per_layer(by_norm, 3) == "a: p 0.012 -> 1 (true #4)"
