@@ -117,12 +117,16 @@ def _premise(det: CEPA, report: Any, group: str, seed: int, cfg: dict[str, Any],
 
 
 def _per_layer(report: Any, target: int | None) -> str:
-    """Each layer's uncorrected p-value and most extreme putative target, with the true target's rank among the
-    putative ones by the detection statistic (1 = most extreme): what the decision saw at every layer."""
+    """Each layer's p-value (not Sidak-corrected; with the uncalibrated one when they differ), its most extreme
+    putative target, and the true target's rank by the detection statistic (1 = most extreme): what the decision
+    saw at every layer."""
     parts = []
     for test in report.tests:
         stats = report.statistics[test["variant"]][test["layer"]]
-        text = f"{test['layer']}: p {test['p_value']:.2g} -> {test['target']}"
+        text = f"{test['layer']}: p {test['p_value']:.2g}"
+        if test.get("p_value_uncalibrated", test["p_value"]) != test["p_value"]:
+            text += f" (uncalibrated {test['p_value_uncalibrated']:.2g})"
+        text += f" -> {test['target']}"
         if target is not None and test["variant"] == "all-to-one":
             key, sign = ("mu_norm", -1.0) if report.statistic == "norm" else ("ratio", 1.0)
             values = np.nan_to_num(sign * np.asarray(stats[key], dtype=float), nan=np.inf)
@@ -179,7 +183,7 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
             victims.append({"group": group, "seed": seed, "target": target, "detected": report.detected,
                             "found_target": report.target, "variant": report.variant, "layer": report.layer,
                             "p_value": report.p_value, "gt_asr": gt_asr, **premise,
-                            "per layer (uncorrected p -> target)": _per_layer(report, target)})
+                            "per layer (p -> target)": _per_layer(report, target)})
             if speed_row is None and group != "clean":
                 speed_row = _speed(det, x, y, cfg["speed_iter"])
 

@@ -218,3 +218,6 @@ def test_cepa_per_layer_column_ranks_the_true_target_by_the_detection_statistic(
     by_norm = SimpleNamespace(tests=tests, statistics=stats, statistic="norm")
     assert _per_layer(by_norm, 0) == "a: p 0.012 -> 1 (true #3)"
     assert _per_layer(by_norm, 3) == "a: p 0.012 -> 1 (true #4)"
+    calibrated = SimpleNamespace(tests=[{**tests[0], "p_value": 0.05, "p_value_uncalibrated": 0.0012}],
+                                 statistics=stats, statistic="consensus")
+    assert _per_layer(calibrated, 1) == "a: p 0.05 (uncalibrated 0.0012) -> 1 (true #1)"

@@ -31,7 +31,8 @@ class CEPAReport:
         ``sigma``, ``misclassification``, ``reached``, ``iterations``, ``delta_norm`` (mean L2 norm of the deltas),
         ``lam`` (final lambda), ``anomaly_index``; (K, K) matrices (row source, column target, NaN diagonal) for
         ``"pairs"``, (K,) vectors for ``"all-to-one"``.
-    :ivar tests: one dict per (variant, layer): ``p_value`` (uncorrected), ``anomaly_index``, ``source``,
+    :ivar tests: one dict per (variant, layer): ``p_value`` (not Sidak-corrected), ``p_value_uncalibrated`` (before
+        the bootstrap calibration), ``anomaly_index``, ``source``,
         ``target``.
     """
 
