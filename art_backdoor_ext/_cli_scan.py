@@ -16,7 +16,8 @@ from typing import Any
 DETECTORS = ("ad", "cepa", "nc")
 # options that only some detectors take: name -> detectors
 _ONLY = {"statistic": ("ad",), "null": ("ad",), "norm": ("ad",), "objective": ("ad",),
-         "significance": ("ad", "cepa"), "layer": ("ad", "cepa"), "variant": ("cepa",)}
+         "significance": ("ad", "cepa"), "layer": ("ad", "cepa"), "variant": ("cepa",),
+         "calibration": ("cepa",)}
 
 
 def add_scan_parser(sub: Any, func: Any) -> None:
@@ -43,6 +44,8 @@ def add_scan_parser(sub: Any, func: Any) -> None:
     scan.add_argument("--objective", choices=["J", "Jp", "Jc"], default=None, help="AD: objective (default J)")
     scan.add_argument("--variant", choices=["both", "pairs", "all-to-one"], default=None,
                       help="CEPA: all-to-one (default), class pairs or both")
+    scan.add_argument("--calibration", choices=["bootstrap", "none"], default=None,
+                      help="CEPA: bootstrap-calibrated all-to-one p-value (default) or the uncalibrated one")
     scan.add_argument("--significance", type=float, default=None, help="AD, CEPA: detection level (default 0.05)")
     scan.add_argument("--max-iter", type=int, default=None, help="iteration cap (default: the detector's)")
     scan.add_argument("--seed", type=int, default=0, help="random_state of the detector")
@@ -107,8 +110,8 @@ def _build_detector(args: argparse.Namespace, classifier: Any) -> Any:
     common: dict[str, Any] = {"random_state": args.seed, "verbose": not args.quiet}
     if args.max_iter is not None:
         common["max_iter"] = args.max_iter
-    given = {k: getattr(args, k) for k in ("statistic", "null", "norm", "objective", "significance", "variant")
-             if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("statistic", "null", "norm", "objective", "significance", "variant",
+                                           "calibration") if getattr(args, k) is not None}
     if args.detector == "ad":
         layer = None if args.layer in (None, "input") else args.layer
         return OrderStatisticDetector(classifier, layer=layer, **given, **common)

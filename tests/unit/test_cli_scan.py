@@ -42,17 +42,20 @@ def test_neural_cleanse_scan_writes_report_and_bars(saved, tmp_path, capsys):
 
 def test_cepa_scan_passes_layers_and_variant(saved, tmp_path, capsys):
     code = _scan(saved, tmp_path, "--detector", "cepa", "--layer", "relu3", "--variant", "all-to-one",
-                 "--max-iter", "15", "--significance", "0.01")
+                 "--max-iter", "15", "--significance", "0.01", "--calibration", "none")
     assert code == 0
     assert "layer relu3" in capsys.readouterr().out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["layer"] == "relu3" and report["variant"] == "all-to-one"
     assert report["settings"]["max_iter"] == 15 and report["significance"] == 0.01
+    assert report["settings"]["calibration"] == "none"
+    assert report["tests"][0]["p_value"] == report["tests"][0]["p_value_uncalibrated"]
     assert (tmp_path / "statistics.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(("detector", "option", "value"), [("nc", "--statistic", "size"), ("nc", "--layer", "relu1"),
-                                                             ("cepa", "--norm", "l1"), ("ad", "--variant", "pairs")])
+                                                             ("cepa", "--norm", "l1"), ("ad", "--variant", "pairs"),
+                                                             ("ad", "--calibration", "none")])
 def test_options_of_another_detector_are_refused(saved, tmp_path, capsys, detector, option, value):
     code = _scan(saved, tmp_path, "--detector", detector, option, value)
     assert code == 2
