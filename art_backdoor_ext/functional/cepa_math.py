@@ -197,7 +197,8 @@ def max_statistic_null(values: ArrayLike, *, n_exclude: int = 1) -> GammaNull:
     return fit_truncated_gamma(fit, truncation)
 
 
-def max_statistic_pvalue(values: ArrayLike, *, n_exclude: int = 1) -> tuple[float, int]:
+def max_statistic_pvalue(values: ArrayLike, *, n_exclude: int = 1,
+                         null: GammaNull | None = None) -> tuple[float, int]:
     """Order-statistic p-value of the largest of ``n`` statistics (large = anomalous), robust Gamma null.
 
     The ``n_exclude`` largest values are set aside, a Gamma null is fitted by maximum likelihood to the others,
@@ -209,12 +210,13 @@ def max_statistic_pvalue(values: ArrayLike, *, n_exclude: int = 1) -> tuple[floa
 
     :param values: 1-D statistics, finite and ``> 0``, at least ``n_exclude + 2``; ``inf`` maximum allowed
         (p-value 0).
+    :param null: The already fitted :func:`max_statistic_null` of ``values`` (None: fit it).
     :return: ``(p_value, index of the maximum)``.
     """
     v, fit, truncation = _max_statistic_parts(values, n_exclude)
     index = int(np.argmax(v))
     if not np.isfinite(v[index]):
         return 0.0, index
-    null = fit_truncated_gamma(fit, truncation)
+    null = fit_truncated_gamma(fit, truncation) if null is None else null
     p = float(np.clip(-np.expm1(v.size * float(null.log_cdf(v[index]))), 0.0, 1.0))
     return p, index

@@ -118,7 +118,7 @@ class CEPA(ModelScanner):
     :param max_iter: Iteration cap per problem (also the iterations of :meth:`estimate_trigger`).
     :param max_samples_per_target: Subsample each all-to-one problem's pooled samples (None: all).
     :param batch_size: Images per forward pass (problems are chunked to respect it).
-    :param random_state: Seeds the subsampling of ``max_samples_per_target`` (the optimisation is deterministic).
+    :param random_state: Seeds the subsampling and the calibration (None: seed 0); the optimisation is deterministic.
     :param verbose: Progress bars.
 
     Example::
@@ -198,8 +198,10 @@ class CEPA(ModelScanner):
     def _check_params(self) -> None:
         super()._check_params()
         m = len(self._resolved_layers()) * len(VARIANTS[self.variant])
-        smallest = -np.expm1(m * np.log1p(-1.0 / (self.n_bootstrap + 1)))
-        if self.calibration == "bootstrap" and self.inference == "p-value" and smallest >= self.significance:
+        if self.calibration != "bootstrap" or self.inference != "p-value":
+            return
+        smallest = -np.expm1(m * np.log1p(-1.0 / (self.n_bootstrap + 1)))  # Sidak-corrected 1 / (n_bootstrap + 1)
+        if smallest >= self.significance:
             need = int(np.ceil(m / self.significance))
             raise InvalidParameterError(
                 f"n_bootstrap={self.n_bootstrap} cannot reach significance={self.significance} over {m} tests (the "

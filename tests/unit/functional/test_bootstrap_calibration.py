@@ -52,6 +52,7 @@ def test_null_is_the_fit_to_all_but_the_largest():
     null = max_statistic_null(values)
     assert null.n_fit == 5 and null.truncation == 9.0
     assert max_statistic_pvalue(values)[0] == pytest.approx(-np.expm1(6 * float(null.log_cdf(9.0))))
+    assert max_statistic_pvalue(values, null=null) == max_statistic_pvalue(values)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
