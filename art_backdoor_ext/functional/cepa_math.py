@@ -11,6 +11,7 @@
   iterations at or above the target misclassification, divide by 1.5 after 5 consecutive iterations below).
 - :func:`update_norm_plateau`: the stopping rule of Section 4.1 (stop once the mean norm of the deltas has not
   decreased for ``patience`` consecutive iterations while the misclassification stays at or above the target).
+- :func:`sidak_correction`: ``1 - (1 - p)^m``, the p-value of the smallest of m independent tests.
 - :func:`max_statistic_pvalue`: the order-statistic p-value of the largest of a 1-D set of statistics (the
   K-value analogue of AD's Eq. 4, for the all-to-one variant with one statistic per putative target).
 
@@ -36,6 +37,7 @@ __all__ = [
     "update_norm_plateau",
     "max_statistic_null",
     "max_statistic_pvalue",
+    "sidak_correction",
 ]
 
 
@@ -220,3 +222,12 @@ def max_statistic_pvalue(values: ArrayLike, *, n_exclude: int = 1,
     null = fit_truncated_gamma(fit, truncation) if null is None else null
     p = float(np.clip(-np.expm1(v.size * float(null.log_cdf(v[index]))), 0.0, 1.0))
     return p, index
+
+
+def sidak_correction(p_value: float, n_tests: int) -> float:
+    """Sidak-corrected p-value ``1 - (1 - p)^m`` of the smallest of ``n_tests`` p-values (exact for independent
+    tests, conservative for positively correlated ones), computed as ``-expm1(m log1p(-p))`` so that tiny
+    p-values keep their precision; ``p >= 1`` gives 1."""
+    if n_tests < 1:
+        raise InvalidParameterError(f"n_tests must be >= 1, got {n_tests}")
+    return 1.0 if p_value >= 1 else float(-np.expm1(n_tests * np.log1p(-p_value)))

@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from art_backdoor_ext.functional.cepa_math import max_statistic_pvalue
+from art_backdoor_ext.functional.cepa_math import max_statistic_pvalue, sidak_correction
 
 SHAPES = (3.0, 10.0, 30.0, 100.0)
 LADDER = (0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 3e-4, 1e-4, 1e-5, 1e-6)
@@ -50,7 +50,7 @@ def main(paths: list[str]) -> None:
             layers = pattern.findall(column)
             calibrated = [(calibrate(float(p), pooled), layer, int(t)) for layer, p, t, _ in layers]
             best = min(calibrated)
-            corrected = -np.expm1(len(calibrated) * np.log1p(-best[0]))
+            corrected = sidak_correction(best[0], len(calibrated))
             found = "clean" if v["target"] is None else ("found" if best[2] == v["target"] and corrected < 0.05
                                                           else "missed")
             print(f"  {v['group']:10s} seed {v['seed']:3d} target {v['target']}: was detected={v['detected']} "

@@ -75,7 +75,12 @@ from art_backdoor_ext.defences.model.cepa_report import CEPAReport
 from art_backdoor_ext.defences.model.perturbation import Problems, SampleWiseShift, pair_problems, target_problems
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 from art_backdoor_ext.functional.bootstrap_calibration import calibrated_max_statistic_pvalue
-from art_backdoor_ext.functional.cepa_math import max_statistic_pvalue, update_norm_plateau, update_penalty_weight
+from art_backdoor_ext.functional.cepa_math import (
+    max_statistic_pvalue,
+    sidak_correction,
+    update_norm_plateau,
+    update_penalty_weight,
+)
 from art_backdoor_ext.functional.robust import mad_anomaly_index, order_statistic_pvalue
 
 __all__ = ["CEPA", "CEPAReport", "candidate_layers"]
@@ -200,7 +205,7 @@ class CEPA(ModelScanner):
         m = len(self._resolved_layers()) * len(VARIANTS[self.variant])
         if self.calibration != "bootstrap" or self.inference != "p-value":
             return
-        smallest = -np.expm1(m * np.log1p(-1.0 / (self.n_bootstrap + 1)))  # Sidak-corrected 1 / (n_bootstrap + 1)
+        smallest = sidak_correction(1.0 / (self.n_bootstrap + 1), m)
         if smallest >= self.significance:
             need = int(np.ceil(m / self.significance))
             raise InvalidParameterError(
@@ -253,7 +258,7 @@ class CEPA(ModelScanner):
         else:
             best = max(range(m), key=lambda i: (_finite(tests[i]["anomaly_index"]), -tests[i]["p_value"]))
         chosen = tests[best]
-        p_value = float(-np.expm1(m * np.log1p(-min(chosen["p_value"], 1.0)))) if chosen["p_value"] < 1 else 1.0
+        p_value = sidak_correction(chosen["p_value"], m)
         detected = (p_value < self.significance if self.inference == "p-value"
                     else chosen["anomaly_index"] > self.anomaly_threshold)
         problems, per_layer = results[chosen["variant"]]

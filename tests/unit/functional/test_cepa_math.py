@@ -91,3 +91,13 @@ def test_max_statistic_pvalue():
         max_statistic_pvalue([1.0, 2.0])
     with pytest.raises(DataError, match="> 0"):
         max_statistic_pvalue([1.0, 2.0, -1.0])
+
+
+def test_sidak_correction():
+    from art_backdoor_ext.functional.cepa_math import sidak_correction
+
+    assert sidak_correction(0.1, 3) == pytest.approx(1 - 0.9 ** 3)
+    assert sidak_correction(1e-20, 3) == pytest.approx(3e-20)  # no rounding to 0 for tiny p-values
+    assert sidak_correction(0.2, 1) == pytest.approx(0.2) and sidak_correction(1.0, 5) == 1.0
+    with pytest.raises(InvalidParameterError, match="n_tests must be >= 1"):
+        sidak_correction(0.1, 0)
