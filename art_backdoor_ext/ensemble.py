@@ -503,22 +503,30 @@ class _StackedAdam:
 
     @torch.no_grad()
     def step(self, grads: Sequence[torch.Tensor], active: np.ndarray) -> None:
+        """One Adam step of the ``active`` models, every tensor updated in place. When some models take no step,
+        they get the coefficients of "no step" (moment decay 1, gradient weight 0, step size 0) instead of masked
+        copies (which spent a third of a 28x28 ensemble's training time here)."""
         self.steps = self.steps + active.astype(np.int64)
         t = np.maximum(self.steps, 1).astype(np.float64)
-        step_size = self.lr / (1.0 - self.beta1**t)
-        bc2_sqrt = np.sqrt(1.0 - self.beta2**t)
         device, dtype = self.params[0].device, self.params[0].dtype
-        on = torch.as_tensor(active, device=device)
-        size_t = torch.as_tensor(step_size, device=device, dtype=dtype)
-        bc2_t = torch.as_tensor(bc2_sqrt, device=device, dtype=dtype)
+
+        def per_model(values: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(values, device=device, dtype=dtype)
+
+        minus_size = per_model(np.where(active, -self.lr / (1.0 - self.beta1**t), 0.0))
+        bc2_sqrt = per_model(np.sqrt(1.0 - self.beta2**t))
+        every = bool(active.all())
+        keep1, keep2 = (per_model(np.where(active, beta, 1.0)) for beta in (self.beta1, self.beta2))
         for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
             view = (-1,) + (1,) * (p.dim() - 1)
-            mask = on.view(view)
-            m.copy_(torch.where(mask, m * self.beta1 + g * (1.0 - self.beta1), m))
-            v.copy_(torch.where(mask, v * self.beta2 + g * g * (1.0 - self.beta2), v))
-            denom = v.sqrt() / bc2_t.view(view) + self.eps
-            update = m / denom * size_t.view(view)
-            p.sub_(torch.where(mask, update, torch.zeros_like(update)))
+            if every:  # the usual case: scalar coefficients, as in torch.optim.Adam
+                m.mul_(self.beta1).add_(g, alpha=1 - self.beta1)
+                v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+            else:
+                m.mul_(keep1.view(view)).addcmul_(g, (1 - keep1).view(view))
+                v.mul_(keep2.view(view)).addcmul_(g, g * (1 - keep2).view(view))
+            denom = v.sqrt().div_(bc2_sqrt.view(view)).add_(self.eps)
+            p.addcdiv_(m * minus_size.view(view), denom)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
