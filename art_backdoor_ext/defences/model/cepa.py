@@ -50,7 +50,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,18 +70,16 @@ from art_backdoor_ext._torch import (
 )
 from art_backdoor_ext._validation import Instance, Interval, Options, check_images
 from art_backdoor_ext.defences.base import ModelScanner
+from art_backdoor_ext.defences.model.cepa_inference import joint_test, layer_test
 from art_backdoor_ext.defences.model.cepa_layers import candidate_layers
 from art_backdoor_ext.defences.model.cepa_report import CEPAReport
 from art_backdoor_ext.defences.model.perturbation import Problems, SampleWiseShift, pair_problems, target_problems
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
-from art_backdoor_ext.functional.bootstrap_calibration import calibrated_max_statistic_pvalue
 from art_backdoor_ext.functional.cepa_math import (
-    max_statistic_pvalue,
     sidak_correction,
     update_norm_plateau,
     update_penalty_weight,
 )
-from art_backdoor_ext.functional.robust import mad_anomaly_index, order_statistic_pvalue
 
 __all__ = ["CEPA", "CEPAReport", "candidate_layers"]
 
@@ -115,6 +113,11 @@ class CEPA(ModelScanner):
         uncalibrated, it falls below 0.05 for about a quarter of clean i.i.d. sets of ten statistics); ``"none"``
         keeps the uncalibrated order-statistic p-value. The pair variant is never calibrated.
     :param n_bootstrap: Simulated sets of the calibration (smallest attainable p-value ``1 / (n_bootstrap + 1)``).
+    :param layer_pooling: ``"sidak"`` (default: each layer tested on its own, the smallest p-value corrected for
+        the number of tests) or ``"joint"`` (the all-to-one layers tested together, one target's evidence summed
+        over the layers, calibrated with the layers' correlation:
+        :func:`~art_backdoor_ext.functional.layer_pooling.joint_layer_pvalue`; needs the bootstrap calibration).
+        ``report.joint`` holds the joint test either way.
     :param layer_penalty: ``"separate"`` (Eq. 1 once per layer) or ``"joint"`` (one optimisation, the layers'
         variance terms summed in raw units).
     :param learning_rate: Adam step on the deltas, relative to the ``clip_values`` range.
@@ -145,6 +148,7 @@ class CEPA(ModelScanner):
         "anomaly_threshold": [Interval(float, 0, None, closed="neither")],
         "calibration": [Options(("bootstrap", "none"))],
         "n_bootstrap": [Interval(int, 1, None)],
+        "layer_pooling": [Options(("sidak", "joint"))],
         "layer_penalty": [Options(("separate", "joint"))],
         "learning_rate": [Interval(float, 0, None, closed="neither")],
         "stop_patience": [Interval(int, 0, None)],
@@ -170,6 +174,7 @@ class CEPA(ModelScanner):
         anomaly_threshold: float = 2.0,
         calibration: str = "bootstrap",
         n_bootstrap: int = 199,
+        layer_pooling: str = "sidak",
         layer_penalty: str = "separate",
         learning_rate: float = 0.05,
         stop_patience: int = 50,
@@ -190,6 +195,7 @@ class CEPA(ModelScanner):
         self.anomaly_threshold = anomaly_threshold
         self.calibration = calibration
         self.n_bootstrap = n_bootstrap
+        self.layer_pooling = layer_pooling
         self.layer_penalty = layer_penalty
         self.learning_rate = learning_rate
         self.stop_patience = stop_patience
@@ -242,29 +248,37 @@ class CEPA(ModelScanner):
         statistics: dict[str, dict[str, dict[str, np.ndarray]]] = {}
         tests: list[dict[str, Any]] = []
         for kind, (problems, per_layer) in results.items():
-            statistics[kind] = {}
-            for layer in layers:
-                stats = per_layer[layer]
-                test = self._test(kind, layer, problems, stats, k)
-                arranged = {name: _arrange(problems, values, k, kind) for name, values in stats.items()
-                            if name not in ("mu", "deltas")}
-                arranged["anomaly_index"] = _arrange(problems, test.pop("anomaly_indices"), k, kind)
-                statistics[kind][layer] = arranged
-                tests.append(test)
-        m = len(tests)
+            statistics[kind] = {
+                layer: {name: _arrange(problems, values, k, kind) for name, values in per_layer[layer].items()
+                        if name not in ("mu", "deltas")} for layer in layers}
+            tests += [layer_test(self, kind, layer, problems, per_layer[layer], k) for layer in layers]
+        joint = None
+        if "all-to-one" in results and self.inference == "p-value" and self.calibration == "bootstrap":
+            joint = joint_test(self, *results["all-to-one"], layers, tests)
+        for test in tests:
+            problems = results[test["variant"]][0]
+            statistics[test["variant"]][test["layer"]]["anomaly_index"] = _arrange(
+                problems, test.pop("anomaly_indices"), k, test["variant"])
+        decisive = tests
+        if self.layer_pooling == "joint" and joint is not None:
+            decisive = [t for t in tests if t["variant"] != "all-to-one"] + [joint]
+        m = len(decisive)
         if self.inference == "p-value":
-            best = min(range(m), key=lambda i: (tests[i]["p_value"], tests[i]["p_value_uncalibrated"],
-                                                -_finite(tests[i]["anomaly_index"])))
+            best = min(range(m), key=lambda i: (decisive[i]["p_value"], decisive[i]["p_value_uncalibrated"],
+                                                -_finite(decisive[i]["anomaly_index"])))
         else:
-            best = max(range(m), key=lambda i: (_finite(tests[i]["anomaly_index"]), -tests[i]["p_value"]))
-        chosen = tests[best]
+            best = max(range(m), key=lambda i: (_finite(decisive[i]["anomaly_index"]), -decisive[i]["p_value"]))
+        chosen = decisive[best]
         p_value = sidak_correction(chosen["p_value"], m)
         detected = (p_value < self.significance if self.inference == "p-value"
                     else chosen["anomaly_index"] > self.anomaly_threshold)
         problems, per_layer = results[chosen["variant"]]
-        row = chosen.pop("problem")
+        row = chosen["problem"]
         for t in tests:
             t.pop("problem", None)
+        if joint is not None:
+            joint.pop("anomaly_indices", None)
+            joint.pop("problem", None)
         shape = self._output_shape(chosen["layer"])
         report = CEPAReport(
             detected=bool(detected),
@@ -280,6 +294,7 @@ class CEPA(ModelScanner):
             layers=layers,
             statistics=statistics,
             tests=tests,
+            joint=joint,
             significance=self.significance,
             seconds=time.perf_counter() - start,
             settings={**{k_: v for k_, v in self.get_params().items() if k_ != "verbose"},
@@ -288,51 +303,6 @@ class CEPA(ModelScanner):
         logger.info("CEPA: p=%.3g %s target %d (source %s) at %s in %.1fs", report.p_value, report.variant,
                     report.target, report.source, report.layer, report.seconds)
         return report
-
-    def _evidence(self, stats: Mapping[str, np.ndarray]
-                  ) -> tuple[np.ndarray, np.ndarray, Literal["low", "high"]]:
-        """(evidence: large = backdoor, for the p-value; raw statistic and MAD side)."""
-        if self.statistic == "norm":
-            return stats["mu_norm"].astype(float), stats["mu_norm"].astype(float), "high"
-        with np.errstate(divide="ignore", invalid="ignore"):
-            evidence = stats["mu_norm"] / stats["sigma"]
-        return evidence, stats["ratio"].astype(float), "low"
-
-    def _test(self, kind: str, layer: str, problems: Problems, stats: Mapping[str, np.ndarray],
-              k: int) -> dict[str, Any]:
-        evidence, raw, side = self._evidence(stats)
-        positive = evidence[np.isfinite(evidence) & (evidence > 0)]
-        floor = 0.5 * float(positive.min()) if positive.size else 1.0
-        evidence = np.where(np.isnan(evidence) | (evidence <= 0), floor, evidence)
-        finite_raw = np.isfinite(raw)
-        ai = np.full(len(raw), np.nan)
-        if finite_raw.sum() >= 3:
-            ai[finite_raw] = mad_anomaly_index(raw[finite_raw], side=side)
-        uncalibrated: float | None = None
-        try:
-            if kind == "pairs":
-                matrix = np.full((k, k), np.nan)
-                matrix[problems.sources, problems.targets] = evidence
-                ost = order_statistic_pvalue(matrix)
-                p_value, source, target = float(ost.p_value), int(ost.source), int(ost.target)
-                row = int(np.flatnonzero((problems.sources == source) & (problems.targets == target))[0])
-            elif self.calibration == "bootstrap":
-                seed = 0 if self.random_state is None else self.random_state
-                p_value, row, uncalibrated = calibrated_max_statistic_pvalue(
-                    evidence, n_bootstrap=self.n_bootstrap, random_state=seed)
-                source, target = None, int(problems.targets[row])
-            else:
-                p_value, row = max_statistic_pvalue(evidence)
-                source, target = None, int(problems.targets[row])
-        except DataError as err:
-            logger.debug("no p-value for %s at %s: %s", kind, layer, err)
-            row = int(np.argmax(evidence))
-            p_value, target = 1.0, int(problems.targets[row])
-            source = int(problems.sources[row]) if kind == "pairs" else None
-        return {"variant": kind, "layer": layer, "p_value": p_value,
-                "p_value_uncalibrated": p_value if uncalibrated is None else uncalibrated,
-                "anomaly_index": float(ai[row]),
-                "source": source, "target": target, "problem": row, "anomaly_indices": ai}
 
     # ------------------------------------------------------------------------------------------ optimisation
     def optimise(self, x: np.ndarray, y: np.ndarray, layers: Sequence[str] | None = None,

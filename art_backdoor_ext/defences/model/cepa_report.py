@@ -18,7 +18,8 @@ class CEPAReport:
 
     :ivar detected: True when the (Sidak-corrected) p-value is below ``significance`` (``inference="p-value"``)
         or the anomaly index exceeds ``anomaly_threshold`` (``inference="mad"``).
-    :ivar p_value: ``1 - (1 - p_min)^m`` over the m tests (variant x layer); the raw ones are in ``tests``.
+    :ivar p_value: ``1 - (1 - p_min)^m`` over the m tests (variant x layer; with ``layer_pooling="joint"`` the
+        all-to-one layers count as one test, ``joint``); the raw ones are in ``tests``.
     :ivar anomaly_index: MAD anomaly index of the chosen test's most extreme statistic.
     :ivar target: putative target class of the most extreme test.
     :ivar source: its source class for the pair variant; None for the all-to-one variant (pooled sources).
@@ -34,6 +35,9 @@ class CEPAReport:
     :ivar tests: one dict per (variant, layer): ``p_value`` (not Sidak-corrected), ``p_value_uncalibrated`` (before
         the bootstrap calibration), ``anomaly_index``, ``source``,
         ``target``.
+    :ivar joint: the all-to-one test over all layers together (``p_value``, ``target``, ``layer``: where its
+        ``mu`` is taken, ``pooled_layers``), computed whenever there are two or more layers, the p-value inference
+        and the bootstrap calibration; it decides with ``layer_pooling="joint"``. None otherwise.
     """
 
     detected: bool
@@ -52,12 +56,13 @@ class CEPAReport:
     significance: float
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    joint: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_builtin({
             "detected": self.detected, "p_value": self.p_value, "anomaly_index": self.anomaly_index,
             "target": self.target, "source": self.source, "variant": self.variant, "layer": self.layer,
             "mu": self.mu, "misclassification": self.misclassification, "statistic": self.statistic,
-            "layers": self.layers, "statistics": self.statistics, "tests": self.tests,
+            "layers": self.layers, "statistics": self.statistics, "tests": self.tests, "joint": self.joint,
             "significance": self.significance, "seconds": self.seconds, "settings": self.settings,
         })

@@ -1,0 +1,122 @@
+"""One p-value for a putative target from its statistics at several layers (this project's addition to CEPA).
+
+| Paper link: ../shared/papers/cepa-universal-post-training-defense.md (CEPA evaluates several layers "from the
+  same forward passes" and decides with the most extreme; pooling the layers' evidence is this project's).
+
+CEPA's default decision tests each layer on its own (the calibrated order-statistic p-value of the largest of
+K statistics, :func:`~art_backdoor_ext.functional.bootstrap_calibration.calibrated_max_statistic_pvalue`) and
+corrects the smallest p-value for the number of layers (Sidak). A backdoor whose target is the most extreme
+class at every layer, but not extreme enough at any one of them, is then missed. :func:`joint_layer_pvalue`
+asks instead how extreme one target is at all layers together:
+
+- each layer's statistics get the Gamma null of the per-layer test (fitted to all but the largest, truncated
+  there); each class gets its log tail probability ``log(1 - G_l(v_lt))`` under it;
+- the joint statistic is the smallest sum over layers, ``T = min_t sum_l log(1 - G_l(v_lt))``: the target
+  whose evidence adds up best;
+- its p-value is calibrated by a parametric bootstrap: sets of K classes drawn from the fitted nulls, with
+  the layers *correlated* as the non-target classes of the model at hand are (Spearman correlation across
+  those K - 1 classes, through a Gaussian copula), refitted, and scored the same way.
+
+Layers of one network are not independent: a class that is easy to shift at one layer tends to be easy at the
+next. Treating them as independent would make a clean model whose natural outlier class shows at two layers
+look like a backdoor; the copula keeps that dependence in the null. The correlation is estimated without the
+putative target, so a backdoor's own agreement across layers does not inflate it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError
+from art_backdoor_ext.functional.cepa_math import max_statistic_null
+from art_backdoor_ext.functional.robust import GammaNull
+
+__all__ = ["joint_layer_statistic", "layer_correlation", "joint_layer_pvalue"]
+
+
+def _check(values: ArrayLike) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] < 4:
+        raise DataError(f"values must be (layers, classes) with at least 4 classes, got shape {v.shape}")
+    if not np.isfinite(v).all() or (v <= 0).any():
+        raise DataError("values must be finite and > 0")
+    return v
+
+
+def joint_layer_statistic(values: ArrayLike) -> tuple[float, int, list[GammaNull]]:
+    """``T = min_t sum_l log(1 - G_l(v_lt))`` and its target, with each layer's fitted null.
+
+    :param values: (L, K) statistics, large = anomalous (one row per layer, one column per putative target),
+        finite and ``> 0``, K >= 4.
+    :return: ``(T, target index, [null per layer])``; smaller T is more extreme.
+    :raises DataError: a bad shape or values, or a layer whose null cannot be fitted.
+    """
+    v = _check(values)
+    nulls = [max_statistic_null(row) for row in v]
+    log_tail = np.stack([stats.gamma.logsf(row, null.shape, scale=null.scale) for row, null in zip(v, nulls)])
+    pooled = log_tail.sum(axis=0)
+    target = int(np.argmin(pooled))
+    return float(pooled[target]), target, nulls
+
+
+def layer_correlation(values: ArrayLike, leave_out: int | None = None) -> np.ndarray:
+    """(L, L) Gaussian-copula correlation of the layers, from the Spearman correlation of their statistics
+    across classes (``leave_out`` excluded), mapped by ``2 sin(pi rho / 6)`` and made positive definite.
+
+    >>> v = np.array([[1.0, 2.0, 3.0, 4.0, 5.0], [1.5, 2.5, 3.5, 4.5, 0.5]])
+    >>> np.round(layer_correlation(v, leave_out=4), 3).tolist()
+    [[1.0, 0.999], [0.999, 1.0]]
+    """
+    v = _check(values)
+    if v.shape[0] == 1:
+        return np.ones((1, 1))
+    keep = np.ones(v.shape[1], dtype=bool)
+    if leave_out is not None:
+        keep[leave_out] = False
+    ranks = np.apply_along_axis(stats.rankdata, 1, v[:, keep])
+    with np.errstate(invalid="ignore"):
+        rho = np.atleast_2d(np.corrcoef(ranks))
+    rho = np.nan_to_num(rho, nan=0.0)
+    corr = 2.0 * np.sin(np.pi * rho / 6.0)
+    np.fill_diagonal(corr, 1.0)
+    eigenvalues, vectors = np.linalg.eigh(corr)
+    corr = (vectors * np.clip(eigenvalues, 1e-3, None)) @ vectors.T
+    scale = np.sqrt(np.diag(corr))
+    return corr / scale[:, None] / scale[None, :]
+
+
+def joint_layer_pvalue(values: ArrayLike, *, n_bootstrap: int = 199,
+                       random_state: int | np.random.Generator | None = 0) -> tuple[float, int, float]:
+    """Bootstrap-calibrated p-value of the target most extreme over all layers together (see the module doc).
+
+    :param values: (L, K) statistics, large = anomalous, finite and ``> 0``, K >= 4.
+    :param n_bootstrap: Simulated sets (>= 1); the smallest attainable p-value is ``1 / (n_bootstrap + 1)``.
+    :param random_state: Seed or generator of the simulation (the default 0 makes the p-value reproducible).
+    :return: ``(p-value, target index, T)``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> v = rng.gamma(10.0, 1.0, size=(3, 10)); v[:, 4] *= 2.2   # class 4 high at every layer
+    >>> p, target, _ = joint_layer_pvalue(v, n_bootstrap=99)
+    >>> target, p < 0.05
+    (4, True)
+    """
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 1:
+        raise InvalidParameterError(f"n_bootstrap must be an int >= 1, got {n_bootstrap!r}")
+    v = _check(values)
+    observed, target, nulls = joint_layer_statistic(v)
+    n_layers, k = v.shape
+    rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+    z = rng.multivariate_normal(np.zeros(n_layers), layer_correlation(v, leave_out=target),
+                                size=(int(n_bootstrap), k))  # (B, K, L)
+    uniform = stats.norm.cdf(z)
+    as_extreme = 0
+    for draw in uniform:
+        simulated = np.stack([stats.gamma.ppf(draw[:, layer], null.shape, scale=null.scale)
+                              for layer, null in enumerate(nulls)])
+        try:
+            as_extreme += joint_layer_statistic(np.maximum(simulated, np.finfo(float).tiny))[0] <= observed
+        except DataError:  # a degenerate draw: counts as not as extreme
+            continue
+    return (1.0 + as_extreme) / (n_bootstrap + 1.0), target, observed
