@@ -199,6 +199,13 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
             stats = victim["GT ratio (best layer)"] / victim["GT ratio / Eq.1 median"]
             assert victim["premise layer"] in ("relu1", "relu2", "relu3") and stats > 0
             assert row["GT ratio / Eq.1 median"] == pytest.approx(victim["GT ratio / Eq.1 median"])
+        # the joint-layer decision of the same scan: found = its p below 0.05 with the right target
+        p_text, target_text = victim["joint layers (p -> target)"].split(" -> ")
+        if victim["group"] == "clean":
+            assert row["false detection (joint layers)"] == float(float(p_text) < 0.05)
+        else:
+            found = float(p_text) < 0.05 and int(target_text) == victim["target"]
+            assert row["target found (joint layers)"] == float(found)
     json.dumps(report.to_dict())
 
 

@@ -205,3 +205,22 @@ def test_deltas_can_brighten_pixels_black_in_every_sample(badnets_victim, clean_
     corner = per_layer["relu3"]["deltas"][row][valid][..., -2:, -2:].reshape(int(valid.sum()), -1)
     assert black.mean() > 0.5
     assert np.abs(corner[black]).mean() > 0.05
+
+
+def test_joint_layer_pooling_decides_with_one_test(detector, report, clean_set, monkeypatch):
+    # the default (Sidak over the per-layer tests) still reports the joint test over the three layers
+    joint = report.joint
+    assert joint is not None and joint["pooled_layers"] == report.layers and joint["target"] == 0
+    assert joint["layer"] in report.layers and round(joint["p_value"] * 200) == pytest.approx(joint["p_value"] * 200)
+    pooled = CEPA(detector.classifier, variant="all-to-one", max_iter=100, layer_pooling="joint")
+    results = detector.optimise(*clean_set)
+    monkeypatch.setattr(pooled, "optimise", lambda x, y, layers: results)  # the same optimisation, re-decided
+    decided = pooled.scan(*clean_set)
+    assert decided.tests == report.tests and decided.joint == joint
+    assert decided.p_value == pytest.approx(joint["p_value"])  # one test: no correction for the layers
+    assert decided.detected == (joint["p_value"] < 0.05) and decided.target == 0 and decided.layer == joint["layer"]
+    np.testing.assert_allclose(decided.mu.ravel(), results["all-to-one"][1][joint["layer"]]["mu"][0])
+    with pytest.raises(InvalidParameterError, match="layer_pooling"):
+        CEPA(detector.classifier, layer_pooling="mean")
+    one_layer = CEPA(detector.classifier, variant="all-to-one", layers="relu3", max_iter=5).scan(*clean_set)
+    assert one_layer.joint is None  # nothing to pool

@@ -1,0 +1,91 @@
+"""The joint all-to-one test over several layers (CEPA's ``layer_pooling="joint"``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import art_backdoor_ext.functional.layer_pooling as pooling
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError
+from art_backdoor_ext.functional.bootstrap_calibration import calibrated_max_statistic_pvalue
+from art_backdoor_ext.functional.cepa_math import sidak_correction
+from art_backdoor_ext.functional.layer_pooling import joint_layer_pvalue, joint_layer_statistic, layer_correlation
+
+
+def _correlated_clean_sets(n: int, rho: float, seed: int) -> list[np.ndarray]:
+    """n clean models: 3 layers x 10 classes of Gamma(10) statistics, the layers correlated (Gaussian copula)."""
+    rng = np.random.default_rng(seed)
+    cov = np.full((3, 3), rho) + (1 - rho) * np.eye(3)
+    return [stats.gamma.ppf(stats.norm.cdf(rng.multivariate_normal(np.zeros(3), cov, size=10).T), 10.0)
+            for _ in range(n)]
+
+
+def test_a_target_high_at_every_layer_is_found_where_single_layers_are_not_enough():
+    rng = np.random.default_rng(0)
+    values = rng.gamma(10.0, 1.0, size=(3, 10))
+    values[:, 4] *= 2.2  # class 4 moderately high at all three layers
+    p, target, pooled = joint_layer_pvalue(values, n_bootstrap=99)
+    assert target == 4 and p < 0.05 and pooled < 0
+    per_layer = [calibrated_max_statistic_pvalue(row, n_bootstrap=99)[0] for row in values]
+    assert sidak_correction(min(per_layer), 3) >= 0.05  # the per-layer decision (Sidak over 3) misses it
+    without = values.copy()
+    without[:, 4] /= 2.2
+    assert joint_layer_pvalue(without, n_bootstrap=99)[0] > 0.05
+
+
+def test_calibrated_on_correlated_clean_layers_where_independence_over_flags(monkeypatch):
+    sets = _correlated_clean_sets(24, rho=0.6, seed=1)
+    with_copula = np.array([joint_layer_pvalue(v, n_bootstrap=29, random_state=i)[0] for i, v in enumerate(sets)])
+    monkeypatch.setattr(pooling, "layer_correlation", lambda v, leave_out=None: np.eye(len(v)))
+    independent = np.array([joint_layer_pvalue(v, n_bootstrap=29, random_state=i)[0] for i, v in enumerate(sets)])
+    assert np.mean(with_copula < 0.05) <= 1 / 12  # near the nominal 0.05 (0 of 24 here)
+    # a null with independent layers makes the same clean sets look more extreme, set by set
+    assert np.mean(independent <= with_copula) > 0.75
+    assert np.mean(independent) < np.mean(with_copula) - 0.05
+    # (a longer simulation, 60 sets and 99 draws: 10% below 0.05 assuming independence, 3.3% with the copula)
+
+
+def test_layer_correlation_leaves_the_target_out_and_stays_a_correlation():
+    rng = np.random.default_rng(2)
+    base = rng.gamma(10.0, 1.0, size=10)
+    values = np.stack([base, base * 1.1 + 0.01, rng.gamma(10.0, 1.0, size=10)])
+    values[1, 3] = 100.0  # class 3 disagrees between layers 0 and 1
+    corr = layer_correlation(values, leave_out=3)
+    assert corr.shape == (3, 3) and np.allclose(np.diag(corr), 1.0) and np.allclose(corr, corr.T)
+    assert corr[0, 1] > 0.99  # the other nine classes rank identically at layers 0 and 1
+    assert layer_correlation(values)[0, 1] < corr[0, 1]
+    assert np.linalg.eigvalsh(corr).min() > 0
+    assert layer_correlation(values[:1]).tolist() == [[1.0]]
+
+
+def test_statistic_is_the_smallest_summed_log_tail():
+    rng = np.random.default_rng(5)
+    values = rng.gamma(8.0, 1.0, size=(2, 8))
+    pooled, target, nulls = joint_layer_statistic(values)
+    log_tail = np.stack([stats.gamma.logsf(row, n.shape, scale=n.scale) for row, n in zip(values, nulls)])
+    assert target == int(np.argmin(log_tail.sum(0))) and pooled == pytest.approx(log_tail.sum(0).min())
+
+
+def test_reproducible_and_a_bootstrap_proportion():
+    values = _correlated_clean_sets(1, rho=0.3, seed=3)[0]
+    first = joint_layer_pvalue(values, n_bootstrap=19, random_state=7)
+    assert first == joint_layer_pvalue(values, n_bootstrap=19, random_state=7)
+    assert round(first[0] * 20) == pytest.approx(first[0] * 20) and 1 / 20 <= first[0] <= 1
+
+
+@pytest.mark.parametrize("values, match", [
+    (np.ones(10), "layers, classes"),
+    (np.ones((3, 3)), "at least 4 classes"),
+    (np.array([[1.0, 2.0, 3.0, -1.0]]), "> 0"),
+    (np.array([[1.0, 2.0, np.nan, 4.0]]), "finite"),
+])
+def test_bad_values(values, match):
+    with pytest.raises(DataError, match=match):
+        joint_layer_pvalue(values)
+
+
+@pytest.mark.parametrize("n_bootstrap", [0, 2.5, True])
+def test_bad_n_bootstrap(n_bootstrap):
+    with pytest.raises(InvalidParameterError, match="n_bootstrap"):
+        joint_layer_pvalue(np.ones((2, 5)) + np.arange(5), n_bootstrap=n_bootstrap)
