@@ -17,7 +17,7 @@ DETECTORS = ("ad", "cepa", "nc")
 # options that only some detectors take: name -> detectors
 _ONLY = {"statistic": ("ad",), "null": ("ad",), "norm": ("ad",), "objective": ("ad",),
          "significance": ("ad", "cepa"), "layer": ("ad", "cepa"), "variant": ("cepa",),
-         "calibration": ("cepa",)}
+         "calibration": ("cepa",), "layer_pooling": ("cepa",)}
 
 
 def add_scan_parser(sub: Any, func: Any) -> None:
@@ -46,6 +46,9 @@ def add_scan_parser(sub: Any, func: Any) -> None:
                       help="CEPA: all-to-one (default), class pairs or both")
     scan.add_argument("--calibration", choices=["bootstrap", "none"], default=None,
                       help="CEPA: bootstrap-calibrated all-to-one p-value (default) or the uncalibrated one")
+    scan.add_argument("--layer-pooling", choices=["sidak", "joint"], default=None,
+                      help="CEPA: decide layer by layer with a Sidak correction (default) or test the layers "
+                           "together (report.json's 'joint' holds that test either way)")
     scan.add_argument("--significance", type=float, default=None, help="AD, CEPA: detection level (default 0.05)")
     scan.add_argument("--max-iter", type=int, default=None, help="iteration cap (default: the detector's)")
     scan.add_argument("--seed", type=int, default=0, help="random_state of the detector")
@@ -61,7 +64,7 @@ def run_scan(args: argparse.Namespace) -> list[str]:
     for option, detectors in _ONLY.items():
         if getattr(args, option) is not None and args.detector not in detectors:
             raise InvalidParameterError(
-                f"--{option} applies to --detector {' or '.join(detectors)}, not {args.detector!r}")
+                f"--{option.replace('_', '-')} applies to --detector {' or '.join(detectors)}, not {args.detector!r}")
     classifier = _load_classifier(args.arch, args.classes, args.weights)
     x, y = _load_data(args.data)
     detector = _build_detector(args, classifier)
@@ -111,7 +114,7 @@ def _build_detector(args: argparse.Namespace, classifier: Any) -> Any:
     if args.max_iter is not None:
         common["max_iter"] = args.max_iter
     given = {k: getattr(args, k) for k in ("statistic", "null", "norm", "objective", "significance", "variant",
-                                           "calibration") if getattr(args, k) is not None}
+                                           "calibration", "layer_pooling") if getattr(args, k) is not None}
     if args.detector == "ad":
         layer = None if args.layer in (None, "input") else args.layer
         return OrderStatisticDetector(classifier, layer=layer, **given, **common)

@@ -42,6 +42,11 @@ def main(fast: bool = False) -> dict:
     for test in report.tests:
         print(f"  {test['layer']}: most extreme target {test['target']}, p {test['p_value']:.3g} "
               f"(uncalibrated {test['p_value_uncalibrated']:.3g})")
+    # the layers tested together (layer_pooling="joint" decides with it): one target's evidence summed over the
+    # layers, calibrated with the layers' correlation (functional.layer_pooling)
+    if report.joint is not None:
+        print(f"  joint over {', '.join(report.joint['pooled_layers'])}: target {report.joint['target']}, "
+              f"p {report.joint['p_value']:.3g}")
 
     x_new = data.x_test[data.y_test != report.target][:200]
     delta = detector.estimate_trigger(x_new, report, max_iter=100)

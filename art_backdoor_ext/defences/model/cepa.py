@@ -209,6 +209,9 @@ class CEPA(ModelScanner):
     def _check_params(self) -> None:
         super()._check_params()
         m = len(self._resolved_layers()) * len(VARIANTS[self.variant])
+        if self.layer_pooling == "joint" and (self.calibration != "bootstrap" or self.inference != "p-value"):
+            raise InvalidParameterError("layer_pooling='joint' tests the layers with the bootstrap-calibrated p-value: "
+                                        "it needs calibration='bootstrap' and inference='p-value'")
         if self.calibration != "bootstrap" or self.inference != "p-value":
             return
         smallest = sidak_correction(1.0 / (self.n_bootstrap + 1), m)

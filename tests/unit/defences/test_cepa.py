@@ -222,5 +222,8 @@ def test_joint_layer_pooling_decides_with_one_test(detector, report, clean_set, 
     np.testing.assert_allclose(decided.mu.ravel(), results["all-to-one"][1][joint["layer"]]["mu"][0])
     with pytest.raises(InvalidParameterError, match="layer_pooling"):
         CEPA(detector.classifier, layer_pooling="mean")
+    for other in ({"calibration": "none"}, {"inference": "mad"}):
+        with pytest.raises(InvalidParameterError, match="needs calibration='bootstrap'"):
+            CEPA(detector.classifier, layer_pooling="joint", **other)
     one_layer = CEPA(detector.classifier, variant="all-to-one", layers="relu3", max_iter=5).scan(*clean_set)
     assert one_layer.joint is None  # nothing to pool
