@@ -516,7 +516,8 @@ class _StackedAdam:
         minus_size = per_model(np.where(active, -self.lr / (1.0 - self.beta1**t), 0.0))
         bc2_sqrt = per_model(np.sqrt(1.0 - self.beta2**t))
         every = bool(active.all())
-        keep1, keep2 = (per_model(np.where(active, beta, 1.0)) for beta in (self.beta1, self.beta2))
+        if not every:  # per-model decays: 1 (no step) for the inactive models
+            keep1, keep2 = (per_model(np.where(active, beta, 1.0)) for beta in (self.beta1, self.beta2))
         for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
             view = (-1,) + (1,) * (p.dim() - 1)
             if every:  # the usual case: scalar coefficients, as in torch.optim.Adam
