@@ -24,7 +24,14 @@ from numpy.typing import ArrayLike
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 from art_backdoor_ext.functional.cepa_math import max_statistic_null, max_statistic_pvalue
 
-__all__ = ["calibrated_max_statistic_pvalue"]
+__all__ = ["bootstrap_generator", "calibrated_max_statistic_pvalue"]
+
+
+def bootstrap_generator(n_bootstrap: int, random_state: int | np.random.Generator | None) -> np.random.Generator:
+    """Check ``n_bootstrap`` (an int >= 1) and return the simulation's generator for ``random_state``."""
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 1:
+        raise InvalidParameterError(f"n_bootstrap must be an int >= 1, got {n_bootstrap!r}")
+    return random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
 
 
 def calibrated_max_statistic_pvalue(values: ArrayLike, *, n_exclude: int = 1, n_bootstrap: int = 199,
@@ -37,15 +44,13 @@ def calibrated_max_statistic_pvalue(values: ArrayLike, *, n_exclude: int = 1, n_
     :param random_state: Seed or generator of the simulation (the default 0 makes the p-value reproducible).
     :return: ``(calibrated p-value, index of the maximum, uncalibrated p-value)``; an infinite maximum gives 0.
     """
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 1:
-        raise InvalidParameterError(f"n_bootstrap must be an int >= 1, got {n_bootstrap!r}")
+    rng = bootstrap_generator(n_bootstrap, random_state)
     values = np.asarray(values, dtype=np.float64)
     if np.isposinf(values).any():  # an infinite maximum: p-value 0 (max_statistic_pvalue checks the rest)
         raw, index = max_statistic_pvalue(values, n_exclude=n_exclude)
         return raw, index, raw
     null = max_statistic_null(values, n_exclude=n_exclude)
     raw, index = max_statistic_pvalue(values, n_exclude=n_exclude, null=null)
-    rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
     simulated = rng.gamma(null.shape, null.scale, size=(int(n_bootstrap), values.size))
     as_small = 0
     for row in simulated:

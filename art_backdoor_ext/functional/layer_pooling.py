@@ -29,7 +29,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from art_backdoor_ext.exceptions import DataError, InvalidParameterError
+from art_backdoor_ext.exceptions import DataError
+from art_backdoor_ext.functional.bootstrap_calibration import bootstrap_generator
 from art_backdoor_ext.functional.cepa_math import max_statistic_null
 from art_backdoor_ext.functional.robust import GammaNull
 
@@ -53,7 +54,10 @@ def joint_layer_statistic(values: ArrayLike) -> tuple[float, int, list[GammaNull
     :return: ``(T, target index, [null per layer])``; smaller T is more extreme.
     :raises DataError: a bad shape or values, or a layer whose null cannot be fitted.
     """
-    v = _check(values)
+    return _pooled(_check(values))
+
+
+def _pooled(v: np.ndarray) -> tuple[float, int, list[GammaNull]]:
     nulls = [max_statistic_null(row) for row in v]
     log_tail = np.stack([stats.gamma.logsf(row, null.shape, scale=null.scale) for row, null in zip(v, nulls)])
     pooled = log_tail.sum(axis=0)
@@ -69,7 +73,10 @@ def layer_correlation(values: ArrayLike, leave_out: int | None = None) -> np.nda
     >>> np.round(layer_correlation(v, leave_out=4), 3).tolist()
     [[1.0, 0.999], [0.999, 1.0]]
     """
-    v = _check(values)
+    return _correlation(_check(values), leave_out)
+
+
+def _correlation(v: np.ndarray, leave_out: int | None) -> np.ndarray:
     if v.shape[0] == 1:
         return np.ones((1, 1))
     keep = np.ones(v.shape[1], dtype=bool)
@@ -102,12 +109,10 @@ def joint_layer_pvalue(values: ArrayLike, *, n_bootstrap: int = 199,
     >>> target, p < 0.05
     (4, True)
     """
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 1:
-        raise InvalidParameterError(f"n_bootstrap must be an int >= 1, got {n_bootstrap!r}")
+    rng = bootstrap_generator(n_bootstrap, random_state)
     v = _check(values)
-    observed, target, nulls = joint_layer_statistic(v)
+    observed, target, nulls = _pooled(v)
     n_layers, k = v.shape
-    rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
     z = rng.multivariate_normal(np.zeros(n_layers), layer_correlation(v, leave_out=target),
                                 size=(int(n_bootstrap), k))  # (B, K, L)
     uniform = stats.norm.cdf(z)
@@ -115,8 +120,10 @@ def joint_layer_pvalue(values: ArrayLike, *, n_bootstrap: int = 199,
     for draw in uniform:
         simulated = np.stack([stats.gamma.ppf(draw[:, layer], null.shape, scale=null.scale)
                               for layer, null in enumerate(nulls)])
+        if not np.isfinite(simulated).all():  # a quantile at 1.0 (z beyond ~8 sd): counts as not as extreme
+            continue
         try:
-            as_extreme += joint_layer_statistic(np.maximum(simulated, np.finfo(float).tiny))[0] <= observed
+            as_extreme += _pooled(np.maximum(simulated, np.finfo(float).tiny))[0] <= observed
         except DataError:  # a degenerate draw: counts as not as extreme
             continue
     return (1.0 + as_extreme) / (n_bootstrap + 1.0), target, observed
