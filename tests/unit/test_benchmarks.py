@@ -123,11 +123,12 @@ def test_ad_statistics_benchmark_tiny_run(monkeypatch):
     from art_backdoor_ext.benchmarks import ad, ad_statistics
 
     monkeypatch.setitem(ad.PROFILES, "fast", {**ad.PROFILES["fast"], "per_class": 4, "epochs": 2})
-    monkeypatch.setitem(ad_statistics.SETTINGS, "fast", {"models": 1, "scans": ("input L2",)})
+    monkeypatch.setitem(ad_statistics.SETTINGS, "fast", {"models": 1, "spaces": ("input",)})
     report = run_benchmark("ad-statistics", profile="fast")
     rows, victims = report.tables.values()
     assert [(r["space and norm"], r["statistic"], r["null"]) for r in rows] == [
-        ("input L2", s, n) for s in ad_statistics.STATISTICS for n in ("reciprocal (paper)", "size")]
+        (f"input {norm}", s, n) for norm in ("L2", "L1") for s in ad_statistics.STATISTICS
+        for n in ("reciprocal (paper)", "size")]
     assert [v["group"] for v in victims] == ["BD-P-S", "BD-G-S", "BD-G-M", "Clean"]
     for r in rows:
         assert r["mean over groups"] == pytest.approx(np.mean([r[g] for g in ad.GROUPS]))

@@ -79,6 +79,8 @@ class OrderStatisticReport:
     :ivar statistics: (K, K) perturbation sizes d(v_st) (row source, column target), NaN diagonal; with
         ``statistic="ratio"`` or ``"asymmetry"`` the normalised sizes.
     :ivar estimated_pattern: The optimised perturbation of the most extreme pair (the putative backdoor).
+    :ivar sizes_by_norm: ``{"l1": (K, K), "l2": (K, K)}``: both sizes of the same perturbations, before any
+        confusion correction (the optimisation does not depend on ``norm``; only the size read from it does).
     """
 
     detected: bool
@@ -94,6 +96,7 @@ class OrderStatisticReport:
     significance: float
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    sizes_by_norm: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return to_builtin(
@@ -111,6 +114,7 @@ class OrderStatisticReport:
                 "significance": self.significance,
                 "seconds": self.seconds,
                 "settings": self.settings,
+                "sizes_by_norm": self.sizes_by_norm,
             }
         )
 
@@ -321,6 +325,7 @@ class OrderStatisticDetector(ModelScanner):
                 **{k_: v for k_, v in self.get_params().items() if k_ != "verbose"},
                 "resolved_layer": self._resolved_layer(),
             },
+            sizes_by_norm={norm: _to_matrix(problems, result.sizes(norm), k) for norm in ("l1", "l2")},
         )
         logger.info("AD: p=%.3g pair (%d -> %d) in %.1fs", report.p_value, report.source, report.target, report.seconds)
         return report

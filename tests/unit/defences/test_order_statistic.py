@@ -105,10 +105,26 @@ def test_first_conv_feature_space(chessboard_victim, digits):
     assert (r.source, r.target) == (1, 0)
 
 
+def test_both_norms_come_from_the_same_perturbations(ad_report, chessboard_victim, digits):
+    """``sizes_by_norm`` holds the L2 and L1 sizes of the scan's perturbations; an L1 scan measures the same
+    perturbations, so its sizes are the L2 scan's L1 sizes, and they are the L1 norm of the estimated pattern."""
+    by_norm = ad_report.sizes_by_norm
+    np.testing.assert_array_equal(by_norm["l2"], ad_report.sizes)
+    off = ~np.eye(10, dtype=bool)
+    assert np.all(by_norm["l1"][off] >= by_norm["l2"][off] - 1e-9)  # |v|_1 >= |v|_2
+    assert np.all(np.isnan(np.diag(by_norm["l1"])))
+    assert np.abs(ad_report.estimated_pattern).sum() == pytest.approx(
+        by_norm["l1"][ad_report.source, ad_report.target], rel=1e-4)
+    x, y = sample_per_class(digits.x_test, digits.y_test, 20, random_state=0)
+    l1 = OrderStatisticDetector(chessboard_victim.classifier, norm="l1").scan(x, y)
+    np.testing.assert_allclose(l1.sizes, by_norm["l1"], rtol=1e-6)
+
+
 def test_report_json_round_trip(ad_report):
     d = json.loads(json.dumps(ad_report.to_dict(), allow_nan=False))
     assert d["target"] == 0 and d["statistics"][0][0] is None and len(d["statistics"]) == 10
     assert set(d["null"]) >= {"shape", "scale"}
+    assert set(d["sizes_by_norm"]) == {"l1", "l2"} and d["sizes_by_norm"]["l1"][0][0] is None
 
 
 def test_deterministic(badnets_victim, clean_set):
