@@ -6,6 +6,9 @@
 - :func:`preprocess` applies an ART classifier's preprocessing to a torch tensor, differentiably.
 - :func:`extract_features` runs a classifier over numpy data in batches and returns numpy features.
 - :func:`clone_classifier` wraps a deep copy of a classifier's model in a new classifier of the same settings.
+- :func:`scan_model` gives the model a scan runs on: on CPU a private channels-last copy (about twice as fast
+  for the convolutions of many images at once), elsewhere the model itself; :func:`scan_batch_images` the default
+  number of images per forward pass of a scan on a device.
 - :func:`clip_to_range` clips perturbed inputs to the valid range with a gradient that still flows at the bounds
   (``torch.clamp``'s is zero there, which freezes a zero-initialised perturbation on every black pixel).
 
@@ -46,7 +49,14 @@ __all__ = [
     "predict_logits",
     "clone_classifier",
     "clip_to_range",
+    "scan_model",
+    "scan_batch_images",
 ]
+
+#: Default images per forward pass of the perturbation scans: on CPU the per-image cost of the convolutions
+#: grows beyond a few hundred images (caches), on a GPU larger batches keep it busy.
+CPU_SCAN_BATCH_IMAGES = 512
+GPU_SCAN_BATCH_IMAGES = 4096
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -162,6 +172,26 @@ def classifier_device(classifier: PyTorchClassifier) -> torch.device:
     """The device an ART ``PyTorchClassifier`` runs on."""
     device = getattr(classifier, "device", None) or getattr(classifier, "_device", None)
     return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def scan_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """The module a perturbation scan runs on: on CPU, when the model has 2-d convolutions, a deep copy in
+    channels-last memory format (same weights and modes; the caller's model is not touched); otherwise, or when
+    the model cannot be copied, ``model`` itself. Outputs agree with ``model``'s to floating-point rounding."""
+    if device.type != "cpu" or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return model
+    try:
+        working = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001  (a module that refuses deepcopy: run on the original, slower)
+        return model
+    return working.to(memory_format=torch.channels_last)
+
+
+def scan_batch_images(device: torch.device, batch_size: int | None) -> int:
+    """``batch_size`` when given, else the device's default images per forward pass of a scan."""
+    if batch_size is not None:
+        return batch_size
+    return CPU_SCAN_BATCH_IMAGES if device.type == "cpu" else GPU_SCAN_BATCH_IMAGES
 
 
 def to_tensor(x: np.ndarray, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:

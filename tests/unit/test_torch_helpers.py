@@ -94,3 +94,38 @@ def test_torch_clamp_would_freeze_a_zero_start_on_black_pixels():
     delta.grad = None
     (-clip_to_range(x + delta, 0.0, 1.0).sum()).backward()
     assert (delta.grad < 0).all()
+
+
+def test_scan_model_is_a_channels_last_copy_on_cpu_with_the_same_outputs():
+    from art_backdoor_ext._torch import scan_model
+    from art_backdoor_ext.models import build_model
+
+    model = build_model("badnets-cnn", random_state=0).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    working = scan_model(model, torch.device("cpu"))
+    assert working is not model
+    assert working.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.conv2.weight.is_contiguous(memory_format=torch.channels_last)  # the caller's is untouched
+    assert working.training == model.training
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(working(x), model(x), rtol=1e-5, atol=1e-5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_scan_model_keeps_the_model_off_cpu_or_without_convolutions():
+    from art_backdoor_ext._torch import scan_model
+
+    dense = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    assert scan_model(dense, torch.device("cpu")) is dense
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))
+    assert scan_model(conv, torch.device("cuda")) is conv  # only the device type is read: no GPU needed
+
+
+def test_scan_batch_images_defaults_per_device():
+    from art_backdoor_ext._torch import scan_batch_images
+
+    assert scan_batch_images(torch.device("cpu"), None) == 512
+    assert scan_batch_images(torch.device("cuda"), None) == 4096
+    assert scan_batch_images(torch.device("cpu"), 64) == 64

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from art_backdoor_ext._progress import progress
 from art_backdoor_ext._torch import (
@@ -66,6 +67,8 @@ from art_backdoor_ext._torch import (
     layer_names,
     preprocess,
     resolve_layers,
+    scan_batch_images,
+    scan_model,
     to_tensor,
 )
 from art_backdoor_ext._validation import Instance, Interval, Options, check_images
@@ -125,7 +128,8 @@ class CEPA(ModelScanner):
         at or above the target (50 in the paper; 0 stops as soon as the target is reached).
     :param max_iter: Iteration cap per problem (also the iterations of :meth:`estimate_trigger`).
     :param max_samples_per_target: Subsample each all-to-one problem's pooled samples (None: all).
-    :param batch_size: Images per forward pass (problems are chunked to respect it).
+    :param batch_size: Images per forward pass (problems are chunked to respect it); None (default): 512 on CPU,
+        4096 on a GPU.
     :param random_state: Seeds the subsampling and the calibration (None: seed 0); the optimisation is deterministic.
     :param verbose: Progress bars.
 
@@ -154,7 +158,7 @@ class CEPA(ModelScanner):
         "stop_patience": [Interval(int, 0, None)],
         "max_iter": [Interval(int, 1, None)],
         "max_samples_per_target": [Interval(int, 2, None), None],
-        "batch_size": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None), None],
         "random_state": [Interval(int, 0, None), None],
         "verbose": [Instance(bool)],
     }
@@ -180,7 +184,7 @@ class CEPA(ModelScanner):
         stop_patience: int = 50,
         max_iter: int = 200,
         max_samples_per_target: int | None = None,
-        batch_size: int = 4096,
+        batch_size: int | None = None,
         random_state: int | None = None,
         verbose: bool = False,
     ) -> None:
@@ -232,6 +236,10 @@ class CEPA(ModelScanner):
             raise InvalidParameterError(f"layers has duplicates: {names}")
         resolve_layers(self.classifier.model, names)
         return names
+
+    @property
+    def _batch_images(self) -> int:
+        return scan_batch_images(classifier_device(self.classifier), self.batch_size)
 
     @property
     def _value_range(self) -> tuple[float, float]:
@@ -326,12 +334,12 @@ class CEPA(ModelScanner):
         resolve_layers(self.classifier.model, layers)
         k = int(self.classifier.nb_classes)
         kinds = VARIANTS[self.variant] if variants is None else tuple(variants)
-        model = self.classifier.model
         device = classifier_device(self.classifier)
+        model = scan_model(self.classifier.model, device)  # on CPU a channels-last copy (faster convolutions)
         x_t = to_tensor(x, device)
         out: dict[str, tuple[Problems, dict[str, dict[str, np.ndarray]]]] = {}
         with eval_mode(model), frozen(model):
-            f0 = self._clean_features(x_t, layers)
+            f0 = self._clean_features(model, x_t, layers)
             groups = [[layer] for layer in layers] if self.layer_penalty == "separate" else [layers]
             for kind in kinds:
                 if problems is not None and kind in problems:
@@ -341,15 +349,15 @@ class CEPA(ModelScanner):
                 else:
                     probs = target_problems(y, k, max_samples=self.max_samples_per_target,
                                             random_state=self.random_state)
-                out[kind] = (probs, self._run(x_t, f0, probs, groups, layers))
+                out[kind] = (probs, self._run(model, x_t, f0, probs, groups, layers))
         return out
 
-    def _clean_features(self, x_t: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _clean_features(self, model: nn.Module, x_t: torch.Tensor, layers: Sequence[str]
+                        ) -> dict[str, torch.Tensor]:
         """Flattened clean features f(x) (N, D) of every layer, one forward pass per batch."""
-        model = self.classifier.model
         parts: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
         with torch.no_grad(), capture(model, layers, flatten=True) as feats:
-            for sl in batch_slices(len(x_t), self.batch_size):
+            for sl in batch_slices(len(x_t), self._batch_images):
                 model(preprocess(self.classifier, x_t[sl]))
                 for layer in layers:
                     parts[layer].append(feats[layer].detach().clone())
@@ -363,14 +371,14 @@ class CEPA(ModelScanner):
             model(preprocess(self.classifier, x0))
             return tuple(raw[layer].shape[1:])
 
-    def _run(self, x_t: torch.Tensor, f0: dict[str, torch.Tensor], problems: Problems,
+    def _run(self, model: nn.Module, x_t: torch.Tensor, f0: dict[str, torch.Tensor], problems: Problems,
              groups: list[list[str]], layers: list[str]) -> dict[str, dict[str, np.ndarray]]:
         """Optimise every (problem, layer group) copy, in chunks of at most ``batch_size`` images."""
         n_max = problems.indices.shape[1]
         copies = [(p, g) for p in range(len(problems)) for g in range(len(groups))]
-        per_chunk = max(1, self.batch_size // max(1, n_max))
+        per_chunk = max(1, self._batch_images // max(1, n_max))
         chunks = [copies[i:i + per_chunk] for i in range(0, len(copies), per_chunk)]
-        parts = [self._run_chunk(x_t, f0, problems, groups, chunk)
+        parts = [self._run_chunk(model, x_t, f0, problems, groups, chunk)
                  for chunk in progress(chunks, verbose=self.verbose, desc="CEPA chunks")]
         result: dict[str, dict[str, np.ndarray]] = {}
         for layer in layers:
@@ -389,11 +397,10 @@ class CEPA(ModelScanner):
             result[layer] = entry
         return result
 
-    def _run_chunk(self, x_t: torch.Tensor, f0: dict[str, torch.Tensor], problems: Problems,
+    def _run_chunk(self, model: nn.Module, x_t: torch.Tensor, f0: dict[str, torch.Tensor], problems: Problems,
                    groups: list[list[str]], chunk: list[tuple[int, int]]) -> dict[str, Any]:
         """The batched alternating minimisation of Eq. 1 for the copies of one chunk (all in one forward pass)."""
         device = x_t.device
-        model = self.classifier.model
         low, high = self._value_range
         a = len(chunk)
         prob_rows = np.array([p for p, _ in chunk])
@@ -534,7 +541,7 @@ class CEPA(ModelScanner):
         low, high = self._value_range
         out = []
         with eval_mode(model), frozen(model):
-            for sl in batch_slices(len(x), self.batch_size):
+            for sl in batch_slices(len(x), self._batch_images):
                 xb = to_tensor(x[sl], device)
                 with torch.no_grad(), capture(model, [layer], flatten=True) as feats:
                     model(preprocess(self.classifier, xb))

@@ -60,8 +60,8 @@ def trigger_consensus(detector: CEPA, x: np.ndarray, x_triggered: np.ndarray,
         resolve_layers(clf.model, names)
     device = classifier_device(clf)
     with eval_mode(clf.model):
-        clean = detector._clean_features(to_tensor(x, device), names)
-        triggered = detector._clean_features(to_tensor(x_triggered, device), names)
+        clean = detector._clean_features(clf.model, to_tensor(x, device), names)
+        triggered = detector._clean_features(clf.model, to_tensor(x_triggered, device), names)
     out: dict[str, dict[str, Any]] = {}
     for layer in names:
         shifts = (triggered[layer] - clean[layer]).double().cpu().numpy()

@@ -148,7 +148,8 @@ class OrderStatisticDetector(ModelScanner):
         (sqrt(D) times the clip range in input space; the mean L2 norm of the clean features at ``layer``).
     :param max_iter: Iteration cap per pair.
     :param max_size: Size cap relative to the same scale (the paper's upper bound).
-    :param batch_size: Images per forward pass (pairs are chunked to respect it).
+    :param batch_size: Images per forward pass (pairs are chunked to respect it); None (default): 512 on CPU,
+        4096 on a GPU (on CPU, convolutions cost more per image beyond a few hundred images).
     :param random_state: Unused by the deterministic engine; kept for the common API.
     :param verbose: Progress bars.
 
@@ -172,7 +173,7 @@ class OrderStatisticDetector(ModelScanner):
         "step_size": [Interval(float, 0, 1, closed="right")],
         "max_iter": [Interval(int, 1, None)],
         "max_size": [Interval(float, 0, None, closed="neither")],
-        "batch_size": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None), None],
         "random_state": [Interval(int, 0, None), None],
         "verbose": [Instance(bool)],
     }
@@ -193,7 +194,7 @@ class OrderStatisticDetector(ModelScanner):
         step_size: float = 0.002,
         max_iter: int = 500,
         max_size: float = 1.0,
-        batch_size: int = 4096,
+        batch_size: int | None = None,
         random_state: int | None = None,
         verbose: bool = False,
     ) -> None:
@@ -235,7 +236,7 @@ class OrderStatisticDetector(ModelScanner):
             return float(np.sqrt(np.prod(x.shape[1:])) * (high - low))
         from art_backdoor_ext._torch import extract_features
 
-        feats = extract_features(self.classifier, x, [layer], batch_size=self.batch_size)[layer]
+        feats = extract_features(self.classifier, x, [layer], batch_size=self._batch_images)[layer]
         return float(np.mean(np.linalg.norm(feats, axis=1)))
 
     def engine(self, scale: float) -> PerturbationEngine:
@@ -248,9 +249,15 @@ class OrderStatisticDetector(ModelScanner):
             layer=self._resolved_layer(),
             max_iter=self.max_iter,
             max_size_l2=self.max_size * scale,
-            max_batch_images=self.batch_size,
+            max_batch_images=self._batch_images,
             verbose=self.verbose,
         )
+
+    @property
+    def _batch_images(self) -> int:
+        from art_backdoor_ext._torch import classifier_device, scan_batch_images
+
+        return scan_batch_images(classifier_device(self.classifier), self.batch_size)
 
     def _pair_sizes(self, result: EngineResult, k: int) -> np.ndarray:
         sizes = result.sizes(self.norm).copy()
@@ -299,7 +306,7 @@ class OrderStatisticDetector(ModelScanner):
         elif self.statistic == "asymmetry":
             statistics = asymmetry_statistics(np.maximum(sizes, 1e-12))
         elif self.statistic in NORMALISED_STATISTICS:
-            outputs = (self.classifier.predict(x, batch_size=min(self.batch_size, 1024))
+            outputs = (self.classifier.predict(x, batch_size=min(self._batch_images, 1024))
                        if self.statistic == "source-normalised-margin" else None)
             statistics = normalised_statistics(sizes, self.statistic, x=x, y=y, outputs=outputs)
         statistics = np.where(np.eye(k, dtype=bool), np.nan, statistics)

@@ -41,6 +41,7 @@ from art_backdoor_ext._torch import (
     frozen,
     preprocess,
     resolve_layers,
+    scan_model,
     to_tensor,
 )
 from art_backdoor_ext.defences.model._chunk_state import ChunkState, EarlyStop
@@ -399,15 +400,16 @@ class PerturbationEngine:
         self.max_batch_images = max_batch_images
         self.verbose = verbose
         self.device = classifier_device(classifier)
+        self.model = scan_model(classifier.model, self.device)
         if layer is not None:
-            self._layer_module: nn.Module | None = resolve_layers(classifier.model, [layer])[layer]
+            self._layer_module: nn.Module | None = resolve_layers(self.model, [layer])[layer]
         else:
             self._layer_module = None
 
     # ------------------------------------------------------------------------------------------ public
     def run(self, x: np.ndarray, y: np.ndarray, problems: Problems) -> EngineResult:
         """Optimise every problem; ``x`` (N, C, H, W) float32 clean samples, ``y`` (N,) their labels."""
-        model = self.classifier.model
+        model = self.model
         x_t = to_tensor(x, self.device)
         y_t = torch.as_tensor(y, device=self.device)
         n_max = problems.indices.shape[1]
@@ -427,7 +429,7 @@ class PerturbationEngine:
         handle = self._layer_module.register_forward_hook(lambda _m, _i, out: shape.append(tuple(out.shape[1:])))
         try:
             with torch.no_grad():
-                self.classifier.model(preprocess(self.classifier, x_t[:1]))
+                self.model(preprocess(self.classifier, x_t[:1]))
         finally:
             handle.remove()
         return shape[0]
@@ -435,7 +437,7 @@ class PerturbationEngine:
     def _logits(self, params: list[torch.Tensor], x_groups: torch.Tensor) -> torch.Tensor:
         """Logits (A, n, K) for problem groups x_groups (A, n, C, H, W) under the current perturbations."""
         a, n = x_groups.shape[:2]
-        model = self.classifier.model
+        model = self.model
         if self._layer_module is None:
             low, high = (float(v) for v in self.classifier.clip_values)
             perturbed = clip_to_range(self.parametrisation.apply(params, x_groups), low, high)
@@ -508,7 +510,7 @@ class PerturbationEngine:
         if self.objective != "Jc":
             return valid
         with torch.no_grad():
-            clean_logits = self.classifier.model(preprocess(self.classifier, x_groups.flatten(0, 1)))
+            clean_logits = self.model(preprocess(self.classifier, x_groups.flatten(0, 1)))
             clean_pred = clean_logits.view(x_groups.shape[0], x_groups.shape[1], -1).argmax(-1)
         correct = valid & (clean_pred == y_t[idx.clamp_min(0)])
         return torch.where(correct.any(1, keepdim=True), correct, valid)
