@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from art_backdoor_ext._torch import classifier_device, scan_batch_images
 from art_backdoor_ext._validation import (
     ParamsMixin,
     check_class_counts,
@@ -53,10 +54,18 @@ class ModelScanner(ParamsMixin, abc.ABC):
 
     min_samples_per_class = 2
     min_classes = 2
+    #: Images per forward pass of the scan; None: the device's default
+    #: (:func:`~art_backdoor_ext._torch.scan_batch_images`).
+    batch_size: int | None = None
 
     def __init__(self, classifier: Any) -> None:
         check_pytorch_classifier(classifier, type(self))
         self.classifier = classifier
+
+    @property
+    def _batch_images(self) -> int:
+        """Images per forward pass: ``batch_size``, or 512 on CPU and 4096 on a GPU when it is None."""
+        return scan_batch_images(classifier_device(self.classifier), self.batch_size)
 
     def scan(self, x_clean: np.ndarray, y_clean: np.ndarray) -> Any:
         """Scan the classifier with a small clean labelled set.

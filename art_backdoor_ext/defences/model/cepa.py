@@ -67,7 +67,6 @@ from art_backdoor_ext._torch import (
     layer_names,
     preprocess,
     resolve_layers,
-    scan_batch_images,
     scan_model,
     to_tensor,
 )
@@ -236,10 +235,6 @@ class CEPA(ModelScanner):
             raise InvalidParameterError(f"layers has duplicates: {names}")
         resolve_layers(self.classifier.model, names)
         return names
-
-    @property
-    def _batch_images(self) -> int:
-        return scan_batch_images(classifier_device(self.classifier), self.batch_size)
 
     @property
     def _value_range(self) -> tuple[float, float]:

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from art_backdoor_ext._torch import classifier_device, scan_batch_images
 from art_backdoor_ext._validation import Instance, Interval
 from art_backdoor_ext.defences.base import ModelScanner, to_builtin
 from art_backdoor_ext.defences.model.perturbation import MaskPattern, PerturbationEngine, Problems, target_problems
@@ -174,7 +173,7 @@ class PyTorchNeuralCleanse(ModelScanner):
         return PerturbationEngine(
             self.classifier, parametrisation, target_misclassification=self.target_misclassification,
             max_iter=self.max_iter,
-            max_batch_images=scan_batch_images(classifier_device(self.classifier), self.batch_size),
+            max_batch_images=self._batch_images,
             verbose=self.verbose)
 
     def problems(self, y: np.ndarray, *, seed: int | None = None) -> Problems:

@@ -253,12 +253,6 @@ class OrderStatisticDetector(ModelScanner):
             verbose=self.verbose,
         )
 
-    @property
-    def _batch_images(self) -> int:
-        from art_backdoor_ext._torch import classifier_device, scan_batch_images
-
-        return scan_batch_images(classifier_device(self.classifier), self.batch_size)
-
     def _pair_sizes(self, result: EngineResult, k: int) -> np.ndarray:
         sizes = result.sizes(self.norm).copy()
         if self.confusion_correction:
