@@ -83,7 +83,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     names = available_benchmarks() if args.name == "all" else [args.name]
     for name in names:
         report = run_benchmark(
-            name, profile=args.profile, random_state=args.seed, verbose=not args.quiet, models=args.models
+            name, profile=args.profile, random_state=args.seed, verbose=not args.quiet, models=args.models,
+            per_class=args.per_class,
         )
         print(report.to_markdown())
         if args.output:
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--profile", choices=["fast", "full"], default="fast")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--models", type=int, default=None, help="override the profile's victims per group")
+    bench.add_argument("--per-class", type=int, default=None,
+                       help="override the clean images per class given to the detector (ad, ad-statistics)")
     bench.add_argument("--output", help="folder for JSON results and figures")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(func=_cmd_bench)

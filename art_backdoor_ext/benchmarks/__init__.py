@@ -176,9 +176,13 @@ def available_benchmarks() -> list[str]:
 
 
 def run_benchmark(
-    name: str, *, profile: str = "fast", random_state: int = 0, verbose: bool = False, models: int | None = None
+    name: str, *, profile: str = "fast", random_state: int = 0, verbose: bool = False, models: int | None = None,
+    per_class: int | None = None,
 ) -> BenchmarkReport:
-    """Run a registered benchmark by name; ``models`` overrides the profile's number of victims per group."""
+    """Run a registered benchmark by name; ``models`` overrides the profile's number of victims per group and
+    ``per_class`` its number of clean images per class given to the detector (only benchmarks with a
+    ``per_class`` parameter accept it)."""
+    import inspect
     import time
 
     _load_all()
@@ -187,9 +191,19 @@ def run_benchmark(
     if profile not in ("fast", "full"):
         raise InvalidParameterError(f"profile must be 'fast' or 'full', got {profile!r}")
     start = time.perf_counter()
-    extra = {} if models is None else {"models": models}
+    extra: dict[str, int] = {} if models is None else {"models": models}
+    if per_class is not None:
+        accepting = [n for n, f in BENCHMARKS.items() if "per_class" in inspect.signature(f).parameters]
+        if name not in accepting:
+            raise InvalidParameterError(f"benchmark {name!r} has no clean-set size to override; per_class is "
+                                        f"accepted by: {', '.join(accepting)}")
+        if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 2:
+            raise InvalidParameterError(f"per_class must be an int >= 2, got {per_class!r}")
+        extra["per_class"] = per_class
     report = BENCHMARKS[name](profile=profile, random_state=random_state, verbose=verbose, **extra)
     if models is not None:
         report.notes.append(f"victims per group overridden on the command line: --models {models}")
+    if per_class is not None:
+        report.notes.append(f"clean images per class overridden on the command line: --per-class {per_class}")
     report.seconds = time.perf_counter() - start
     return report

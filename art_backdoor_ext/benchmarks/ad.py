@@ -205,10 +205,13 @@ def _accuracy_rows(outcomes: dict[str, dict[str, list[dict[str, Any]]]], theta: 
 
 
 @register_benchmark("ad")
-def bench_ad(*, profile: str, random_state: int, verbose: bool, models: int | None = None) -> BenchmarkReport:
+def bench_ad(*, profile: str, random_state: int, verbose: bool, models: int | None = None,
+             per_class: int | None = None) -> BenchmarkReport:
     cfg = dict(PROFILES[profile])
     if models is not None:
         cfg["models"] = models
+    if per_class is not None:
+        cfg["per_class"] = per_class
     variants = {k: v for k, v in VARIANTS.items() if cfg["variants"] is None or k in cfg["variants"]}
     data = load_dataset(cfg["dataset"])
     nc_cls = _neural_cleanse()

@@ -69,9 +69,11 @@ def _statistic(sizes: np.ndarray, name: str, x: np.ndarray, y: np.ndarray, outpu
 
 
 @register_benchmark("ad-statistics")
-def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, models: int | None = None
-                        ) -> BenchmarkReport:
+def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, models: int | None = None,
+                        per_class: int | None = None) -> BenchmarkReport:
     cfg = dict(PROFILES[profile])
+    if per_class is not None:
+        cfg["per_class"] = per_class
     settings = SETTINGS[profile]
     n_models = settings["models"] if models is None else models
     data = load_dataset(cfg["dataset"])

@@ -18,6 +18,11 @@ def test_registry_lists_and_rejects():
         run_benchmark("nope")
     with pytest.raises(InvalidParameterError, match="profile must be 'fast' or 'full'"):
         run_benchmark("ad", profile="huge")
+    with pytest.raises(InvalidParameterError, match="per_class is accepted by: .*ad-statistics"):
+        run_benchmark("survey", per_class=5)
+    for bad in (1, 2.5, True):
+        with pytest.raises(InvalidParameterError, match="per_class must be an int >= 2"):
+            run_benchmark("ad-statistics", per_class=bad)
 
 
 def test_report_markdown_json_and_figures(tmp_path):
@@ -121,10 +126,20 @@ def test_mbds_benchmark_tiny_run(monkeypatch):
 
 def test_ad_statistics_benchmark_tiny_run(monkeypatch):
     from art_backdoor_ext.benchmarks import ad, ad_statistics
+    from art_backdoor_ext.datasets import sample_per_class
 
-    monkeypatch.setitem(ad.PROFILES, "fast", {**ad.PROFILES["fast"], "per_class": 4, "epochs": 2})
+    monkeypatch.setitem(ad.PROFILES, "fast", {**ad.PROFILES["fast"], "epochs": 2})
     monkeypatch.setitem(ad_statistics.SETTINGS, "fast", {"models": 1, "spaces": ("input",)})
-    report = run_benchmark("ad-statistics", profile="fast")
+    sampled = []
+
+    def recording_sample(x, y, per_class, **kwargs):
+        sampled.append(per_class)
+        return sample_per_class(x, y, per_class, **kwargs)
+
+    monkeypatch.setattr(ad_statistics, "sample_per_class", recording_sample)
+    report = run_benchmark("ad-statistics", profile="fast", per_class=4)  # the --per-class override
+    assert sampled == [4] * 4 and ad.PROFILES["fast"]["per_class"] == 20  # the profile itself is not changed
+    assert any("--per-class 4" in note for note in report.notes)
     rows, victims = report.tables.values()
     assert [(r["space and norm"], r["statistic"], r["null"]) for r in rows] == [
         (f"input {norm}", s, n) for norm in ("L2", "L1") for s in ad_statistics.STATISTICS
@@ -229,3 +244,12 @@ def test_cepa_per_layer_column_ranks_the_true_target_by_the_detection_statistic(
     calibrated = SimpleNamespace(tests=[{**tests[0], "p_value": 0.05, "p_value_uncalibrated": 0.0012}],
                                  statistics=stats, statistic="consensus")
     assert _per_layer(calibrated, 1) == "a: p 0.05 (uncalibrated 0.0012) -> 1 (true #1)"
+
+
+def test_cli_bench_passes_per_class_and_reports_a_clear_error(capsys):
+    from art_backdoor_ext.cli import main
+
+    assert main(["bench", "survey", "--per-class", "5"]) == 2  # survey has no clean set to resize
+    assert "per_class is accepted by: " in capsys.readouterr().err
+    assert main(["bench", "ad", "--per-class", "1"]) == 2  # checked before any victim is trained
+    assert "per_class must be an int >= 2, got 1" in capsys.readouterr().err
