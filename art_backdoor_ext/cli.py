@@ -93,6 +93,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             (out / f"{name}-{args.profile}.json").write_text(json.dumps(report.to_dict(), indent=2))
             for path in report.save_figures(out):
                 print(f"figure: {path}")
+            arrays = report.save_arrays(out)
+            if arrays:
+                print(f"arrays: {arrays}")
     return 0
 
 

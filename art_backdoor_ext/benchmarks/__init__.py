@@ -63,6 +63,23 @@ class BenchmarkReport:
     date: str = field(default_factory=lambda: _dt.date.today().isoformat())
     seconds: float = 0.0
     figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure; not part of to_dict()
+    #: name -> numeric array (for example each victim's statistic matrix), for offline study; not part of
+    #: to_dict(), written by :meth:`save_arrays` as an ``.npz`` that ``np.load`` reads without pickle.
+    arrays: dict[str, Any] = field(default_factory=dict)
+
+    def save_arrays(self, folder: str | Any) -> str | None:
+        """Write :attr:`arrays` as ``<folder>/<benchmark>-<profile>-arrays.npz`` (None when there are none);
+        read it back with ``np.load(path, allow_pickle=False)``."""
+        from pathlib import Path
+
+        import numpy as np
+
+        if not self.arrays:
+            return None
+        path = Path(folder) / f"{self.name}-{self.profile}-arrays.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **{k: np.asarray(v, dtype=np.float64) for k, v in self.arrays.items()})
+        return str(path)
 
     def save_figures(self, folder: str | Any) -> list[str]:
         """Write every figure as ``<folder>/<benchmark>-<profile>-<name>.png``; returns the paths."""

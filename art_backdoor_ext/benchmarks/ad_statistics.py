@@ -13,7 +13,12 @@ theta = 0.05. No Neural Cleanse and no speed run: this is the cheap, many-victim
 
 fast: digits, 6 victims per group, input and first-conv spaces. full: Fashion-MNIST, 5 victims per group, input
 space (the first-conv space measured worst on Fashion-MNIST and left the full profile on 2026-12-01). L2 and L1
-sizes come from the same scan.
+sizes come from the same scan. ``--per-class N`` changes the clean images per class (the paper uses 100).
+
+Every victim's statistic matrices (K x K, NaN diagonal) are kept in the report's ``arrays`` under
+``"group/seed/space norm/statistic"``; ``bench ... --output DIR`` writes them to
+``DIR/ad-statistics-<profile>-arrays.npz`` (read with ``np.load(path, allow_pickle=False)``), so that another
+statistic or null can be studied on the same victims without scanning them again.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
     data = load_dataset(cfg["dataset"])
     outcomes: dict[tuple[str, str, str], dict[str, list[tuple[bool, float]]]] = defaultdict(lambda: defaultdict(list))
     victims = []
+    arrays: dict[str, np.ndarray] = {}  # "group/seed/space norm/statistic" -> K x K matrix, NaN diagonal
     for m in range(n_models):
         for group in GROUPS:
             seed = random_state + 100 * GROUPS.index(group) + m
@@ -93,6 +99,7 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
                 for norm, stat in ((norm, stat) for norm in NORMS for stat in STATISTICS):
                     scan, sizes = f"{space} {norm}", sizes_by_norm[norm.lower()]
                     statistic = _statistic(sizes, stat, x, y, outputs)
+                    arrays[f"{group}/{seed}/{scan}/{stat}"] = statistic
                     victim_row[f"true pair rank ({scan}, {stat})"] = pair_ranks(statistic, target, sources)
                     for null, inference in NULLS.items():
                         ost = inference(statistic)
@@ -114,6 +121,7 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
     report = BenchmarkReport("ad-statistics", profile, {
         f"accuracy at theta = {THETA} (attacked: right target and source; clean: not flagged)": rows,
         "victims": victims})
+    report.arrays = arrays
     report.notes += [f"dataset {data.name}, {n_models} victims per group (the same seeds as bench ad), "
                      f"{cfg['per_class']} clean images per class; every statistic, norm and null from one scan per "
                      "space"]

@@ -124,7 +124,7 @@ def test_mbds_benchmark_tiny_run(monkeypatch):
     json.dumps(report.to_dict())
 
 
-def test_ad_statistics_benchmark_tiny_run(monkeypatch):
+def test_ad_statistics_benchmark_tiny_run(monkeypatch, tmp_path):
     from art_backdoor_ext.benchmarks import ad, ad_statistics
     from art_backdoor_ext.datasets import sample_per_class
 
@@ -156,6 +156,17 @@ def test_ad_statistics_benchmark_tiny_run(monkeypatch):
         else:
             assert 0 <= v["ASR"] <= 1 and all(1 <= rank <= 90 for rank in ranks)
     json.dumps(report.to_dict())
+    # every victim's statistic matrices are kept for offline study, and saved without pickle
+    assert len(report.arrays) == 4 * 2 * len(ad_statistics.STATISTICS)
+    path = report.save_arrays(tmp_path)
+    with np.load(path, allow_pickle=False) as saved:
+        assert sorted(saved.files) == sorted(report.arrays)
+        for v in victims:
+            matrix = saved[f"{v['group']}/{v['seed']}/input L2/size (paper)"]
+            assert matrix.shape == (10, 10) and np.isnan(np.diag(matrix)).all()
+            if v["target"] is not None:  # the stored matrix is the one the recorded rank came from
+                assert ad.pair_ranks(matrix, v["target"], json.loads(v["sources"])) == v[
+                    "true pair rank (input L2, size (paper))"]
 
 
 def test_ad_benchmark_tiny_run_has_the_derived_rows(monkeypatch):
