@@ -78,7 +78,8 @@ class BenchmarkReport:
             return None
         path = Path(folder) / f"{self.name}-{self.profile}-arrays.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **{k: np.asarray(v, dtype=np.float64) for k, v in self.arrays.items()})
+        named: dict[str, Any] = {k: np.asarray(v, dtype=np.float64) for k, v in self.arrays.items()}
+        np.savez_compressed(path, **named)
         return str(path)
 
     def save_figures(self, folder: str | Any) -> list[str]:
