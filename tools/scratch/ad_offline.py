@@ -38,13 +38,19 @@ def load(run_dir: Path) -> tuple[list[dict], dict[str, np.ndarray], list[dict]]:
     return tables[1], arrays, tables[0]
 
 
-def main(run_dirs: list[str], scan: str = SCAN, statistic: str = STATISTIC) -> None:
+def pooled(run_dirs: list[str]) -> tuple[list[dict], dict[str, np.ndarray], list[list[dict]]]:
+    """The runs' victims, matrices and own accuracy tables, pooled."""
     victims, arrays, own_rows = [], {}, []
     for d in run_dirs:
         v, a, rows = load(Path(d))
         victims += v
         arrays.update(a)
         own_rows.append(rows)
+    return victims, arrays, own_rows
+
+
+def main(run_dirs: list[str], scan: str = SCAN, statistic: str = STATISTIC) -> None:
+    victims, arrays, own_rows = pooled(run_dirs)
     results = defaultdict(list)  # (null) -> list of (victim, outcome)
     print(f"{len(victims)} victims from {len(run_dirs)} runs; {scan}, {statistic}\n")
     print("| group | seed | ASR | true pair rank | " + " | ".join(f"p ({n})" for n in NULLS) + " | found |")
@@ -78,11 +84,7 @@ def main(run_dirs: list[str], scan: str = SCAN, statistic: str = STATISTIC) -> N
 
 
 def summary(run_dirs: list[str], theta: float = 0.05) -> None:
-    victims, arrays = [], {}
-    for d in run_dirs:
-        v, a, _ = load(Path(d))
-        victims += v
-        arrays.update(a)
+    victims, arrays, _ = pooled(run_dirs)
     combos = sorted({tuple(k.split("/")[2:]) for k in arrays}, key=lambda c: (c[0] != "input L2", c))
     print(f"{len(victims)} victims from {len(run_dirs)} runs, theta = {theta}\n")
     print("| space and norm | statistic | null | " + " | ".join(GROUPS) + " | mean | min p clean |")
