@@ -73,6 +73,12 @@ def _statistic(sizes: np.ndarray, name: str, x: np.ndarray, y: np.ndarray, outpu
     return statistic
 
 
+def outcome(ost: Any, target: int | None, sources: list[int]) -> dict[str, Any]:
+    """An inference result beside the victim's truth, in the form :func:`~art_backdoor_ext.benchmarks.ad._verdict`
+    judges (``target`` None for a clean model)."""
+    return {"p": ost.p_value, "found": ost.target, "source": ost.source, "target": target, "sources": sources}
+
+
 @register_benchmark("ad-statistics")
 def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, models: int | None = None,
                         per_class: int | None = None) -> BenchmarkReport:
@@ -103,9 +109,7 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
                     victim_row[f"true pair rank ({scan}, {stat})"] = pair_ranks(statistic, target, sources)
                     for null, inference in NULLS.items():
                         ost = inference(statistic)
-                        outcome = {"p": ost.p_value, "found": ost.target, "source": ost.source, "target": target,
-                                   "sources": sources}
-                        verdict = (_verdict(outcome, THETA)[0], float(ost.p_value))
+                        verdict = (_verdict(outcome(ost, target, sources), THETA)[0], float(ost.p_value))
                         outcomes[(scan, stat, null)][group].append(verdict)
             logger.info("bench ad-statistics: %s seed %d", group, seed)
     rows = []

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from art_backdoor_ext.benchmarks.ad import GROUPS, _verdict, pair_ranks
-from art_backdoor_ext.benchmarks.ad_statistics import NULLS
+from art_backdoor_ext.benchmarks.ad_statistics import NULLS, outcome
 
 SCAN = "input L2"
 STATISTIC = "source-normalised-distance"
@@ -29,7 +29,7 @@ THETAS = (0.01, 0.05, 0.1)
 
 
 def load(run_dir: Path) -> tuple[list[dict], dict[str, np.ndarray], list[dict]]:
-    (report_path,) = run_dir.glob("ad-statistics-*[!s].json")
+    (report_path,) = run_dir.glob("ad-statistics-*.json")
     report = json.loads(report_path.read_text())
     arrays_path = report_path.with_name(report_path.stem + "-arrays.npz")
     with np.load(arrays_path, allow_pickle=False) as saved:
@@ -61,9 +61,7 @@ def main(run_dirs: list[str], scan: str = SCAN, statistic: str = STATISTIC) -> N
         line = []
         for null, inference in NULLS.items():
             ost = inference(matrix)
-            outcome = {"p": ost.p_value, "found": ost.target, "source": ost.source, "target": v["target"],
-                       "sources": sources}
-            results[null].append((v, outcome))
+            results[null].append((v, outcome(ost, v["target"], sources)))
             line.append(f"{ost.p_value:.3g}")
         rank = pair_ranks(matrix, v["target"], sources) if v["target"] is not None else None
         asr = "-" if v["ASR"] is None else f"{v['ASR']:.2f}"
@@ -94,9 +92,8 @@ def summary(run_dirs: list[str], theta: float = 0.05) -> None:
             verdicts, clean_p = defaultdict(list), []
             for v in victims:
                 ost = inference(arrays[f"{v['group']}/{v['seed']}/{scan}/{statistic}"])
-                outcome = {"p": ost.p_value, "found": ost.target, "source": ost.source, "target": v["target"],
-                           "sources": json.loads(v["sources"])}
-                verdicts[v["group"]].append(_verdict(outcome, theta)[0])
+                truth = outcome(ost, v["target"], json.loads(v["sources"]))
+                verdicts[v["group"]].append(_verdict(truth, theta)[0])
                 if v["target"] is None:
                     clean_p.append(ost.p_value)
             acc = [float(np.mean(verdicts[g])) for g in GROUPS]
