@@ -13,7 +13,9 @@ stopping rule, on the same model and clean set, in the same run; the statistics 
 fast: digits, 3 victims per group, 20 clean images per class. full: Fashion-MNIST (20,000 training images,
 4 epochs at learning rate 3e-3), 10 victims per group, 30 clean images per class; the sparse-pixel victims get
 600 poisoned copies (the chessboard ones 300 per source): with 300 copies and learning rate 1e-3 most of them
-never learnt their four-pixel trigger (ASR 0.02-0.04), see docs/benchmarks.md.
+never learnt their four-pixel trigger (ASR 0.02-0.04), see docs/benchmarks.md. In the full profile an attacked
+victim whose ASR stays below 0.9 is drawn again (new trigger and poisoned subset, up to 3 times, column
+``draws``): the paper evaluates successful attacks only (ASR 0.97-0.99, its Table 1).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sparse_count": 60,
         "variants": None,
         "speed": True,
+        "min_asr": None,
+        "redraws": 0,
     },
     "full": {
         "dataset": "fashion-mnist",
@@ -67,6 +71,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sparse_count": 600,
         "variants": ["AD-J-P (input)", "AD-J-P-L1 (input)", "AD-J-C (input)", "AD-J-P (first conv)"],
         "speed": False,
+        "min_asr": 0.9,
+        "redraws": 3,
     },
 }
 
@@ -95,40 +101,59 @@ DERIVED: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], Any]] = {
 }
 
 
+#: Seed offset between an attacker's successive draws (larger than any victim seed of a benchmark run).
+REDRAW_STRIDE = 10007
+
+
 def _victim(group: str, seed: int, data: Any, cfg: dict[str, Any]
-            ) -> tuple[Any, int | None, list[int], float | None]:
-    """The seeded victim, its target and sources, and its attack success rate on source-class test images."""
+            ) -> tuple[Any, int | None, list[int], float | None, int]:
+    """The seeded victim, its target and sources, its attack success rate on source-class test images, and the
+    number of draws the attacker needed.
+
+    With ``cfg["min_asr"]`` set, an attacker whose backdoor does not take (ASR below it) draws again, up to
+    ``cfg["redraws"]`` times: a new trigger (sparse-pixel) and a new poisoned subset and training order, from
+    the same initial model and training images. The AD paper evaluates only successful attacks (ASR 0.97-0.99,
+    Table 1: "all backdoor attacks are successful"); the first draw is the victim of a run without ``min_asr``.
+    """
     rng = np.random.default_rng(1000 + seed)
     target = int(rng.integers(10))
     others = [c for c in range(10) if c != target]
-    clf, x, y = seeded_victim_setup(seed, data, cfg)
     if group == "Clean":
+        clf, x, y = seeded_victim_setup(seed, data, cfg)
         fit_classifier(clf, x, y, nb_epochs=cfg["epochs"], learning_rate=cfg["lr"], random_state=seed)
-        return clf, None, [], None
+        return clf, None, [], None, 1
     n_sources = 3 if group == "BD-G-M" else 1
     sources = sorted(int(s) for s in rng.choice(others, size=n_sources, replace=False))
-    trigger = (
-        sparse_pixel_trigger(n_pixels=4, l2_norm=cfg["sparse_norm"], random_state=seed)
-        if group == "BD-P-S"
-        else chessboard_trigger(l2_norm=cfg["global_norm"])
-    )
-    mode = "one-to-one" if n_sources == 1 else "multi-source"
-    victim = train_victim(
-        clf,
-        x,
-        y,
-        data.x_test,
-        data.y_test,
-        trigger,
-        target=target,
-        mode=mode,
-        sources=sources,
-        count=cfg["sparse_count"] if group == "BD-P-S" else cfg["count"] * n_sources,
-        nb_epochs=cfg["epochs"],
-        learning_rate=cfg["lr"],
-        random_state=seed,
-    )
-    return clf, target, sources, victim.attack_success_rate
+    min_asr = cfg.get("min_asr")
+    draws = 1 if min_asr is None else 1 + int(cfg.get("redraws", 0))
+    for draw in range(draws):
+        draw_seed = seed + REDRAW_STRIDE * draw
+        clf, x, y = seeded_victim_setup(seed, data, cfg)
+        trigger = (
+            sparse_pixel_trigger(n_pixels=4, l2_norm=cfg["sparse_norm"], random_state=draw_seed)
+            if group == "BD-P-S"
+            else chessboard_trigger(l2_norm=cfg["global_norm"])
+        )
+        victim = train_victim(
+            clf,
+            x,
+            y,
+            data.x_test,
+            data.y_test,
+            trigger,
+            target=target,
+            mode="one-to-one" if n_sources == 1 else "multi-source",
+            sources=sources,
+            count=cfg["sparse_count"] if group == "BD-P-S" else cfg["count"] * n_sources,
+            nb_epochs=cfg["epochs"],
+            learning_rate=cfg["lr"],
+            random_state=draw_seed,
+        )
+        if min_asr is None or victim.attack_success_rate >= min_asr:
+            break
+        logger.info("victim %s seed %d: ASR %.3f < %.2f on draw %d", group, seed, victim.attack_success_rate,
+                    min_asr, draw + 1)
+    return clf, target, sources, victim.attack_success_rate, draw + 1
 
 
 def pair_ranks(statistics: np.ndarray, target: int | None, sources: list[int]) -> int | None:
@@ -221,9 +246,9 @@ def bench_ad(*, profile: str, random_state: int, verbose: bool, models: int | No
     for group in GROUPS:
         for m in range(cfg["models"]):
             seed = random_state + 100 * GROUPS.index(group) + m
-            clf, target, sources, asr = _victim(group, seed, data, cfg)
+            clf, target, sources, asr, draws = _victim(group, seed, data, cfg)
             victim_row: dict[str, Any] = {"group": group, "seed": seed, "target": target, "sources": str(sources),
-                                          "ASR": asr}
+                                          "ASR": asr, "draws": draws}
             victims.append(victim_row)
             x, y = sample_per_class(data.x_test, data.y_test, cfg["per_class"], random_state=seed)
             if speed_row is None and cfg["speed"]:

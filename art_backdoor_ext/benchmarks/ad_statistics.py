@@ -94,10 +94,10 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
     for m in range(n_models):
         for group in GROUPS:
             seed = random_state + 100 * GROUPS.index(group) + m
-            clf, target, sources, asr = _victim(group, seed, data, cfg)
+            clf, target, sources, asr, draws = _victim(group, seed, data, cfg)
             x, y = sample_per_class(data.x_test, data.y_test, cfg["per_class"], random_state=seed)
             victim_row: dict[str, Any] = {"group": group, "seed": seed, "target": target, "sources": str(sources),
-                                          "ASR": asr}
+                                          "ASR": asr, "draws": draws}
             victims.append(victim_row)
             outputs = clf.predict(x)
             for space in settings["spaces"]:

@@ -264,3 +264,44 @@ def test_cli_bench_passes_per_class_and_reports_a_clear_error(capsys):
     assert "per_class is accepted by: " in capsys.readouterr().err
     assert main(["bench", "ad", "--per-class", "1"]) == 2  # checked before any victim is trained
     assert "per_class must be an int >= 2, got 1" in capsys.readouterr().err
+
+
+_NO_DATA = type("NoData", (), {"x_test": None, "y_test": None})()
+
+
+def _scripted_victims(monkeypatch, asrs):
+    """Replace victim training in bench ad by a script of ASRs; record each draw's seed and trigger."""
+    from types import SimpleNamespace
+
+    from art_backdoor_ext.benchmarks import ad
+
+    calls = []
+
+    def fake_train(clf, x, y, x_test, y_test, trigger, *, random_state, **kw):
+        calls.append({"seed": random_state, "clf": clf, "trigger": trigger(np.zeros((1, 1, 8, 8), np.float32))})
+        return SimpleNamespace(attack_success_rate=asrs[len(calls) - 1])
+
+    monkeypatch.setattr(ad, "seeded_victim_setup", lambda seed, data, cfg: (object(), None, None))
+    monkeypatch.setattr(ad, "train_victim", fake_train)
+    return ad, calls
+
+
+def test_victim_redraws_until_the_backdoor_takes(monkeypatch):
+    """Below min_asr the attacker draws a new trigger and training seed; it stops at the first success."""
+    ad, calls = _scripted_victims(monkeypatch, [0.2, 0.5, 0.95, 0.99])
+    cfg = {**ad.PROFILES["fast"], "min_asr": 0.9, "redraws": 3}
+    clf, target, sources, asr, draws = ad._victim("BD-P-S", 7, _NO_DATA, cfg)
+    assert (asr, draws, len(calls)) == (0.95, 3, 3)
+    assert [c["seed"] for c in calls] == [7, 7 + ad.REDRAW_STRIDE, 7 + 2 * ad.REDRAW_STRIDE]
+    assert not np.array_equal(calls[0]["trigger"], calls[1]["trigger"])  # a new sparse pattern
+    assert clf is calls[2]["clf"] and calls[0]["clf"] is not calls[2]["clf"]  # a fresh model per draw
+    assert target not in sources and len(sources) == 1
+
+
+def test_victim_keeps_the_last_draw_when_none_takes_and_never_redraws_without_min_asr(monkeypatch):
+    ad, calls = _scripted_victims(monkeypatch, [0.1, 0.3, 0.2, 0.4, 0.05])
+    cfg = {**ad.PROFILES["fast"], "min_asr": 0.9, "redraws": 2}
+    assert ad._victim("BD-G-S", 3, _NO_DATA, cfg)[3:] == (0.2, 3)
+    calls.clear()
+    assert ad._victim("BD-G-M", 3, _NO_DATA, {**cfg, "min_asr": None})[3:] == (0.1, 1)
+    assert [c["seed"] for c in calls] == [3]

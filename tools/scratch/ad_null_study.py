@@ -28,7 +28,7 @@ def main(out: Path, first: int, n_models: int, groups: list[str]) -> None:
             path = out / f"{group}-{seed}.npz"
             if path.exists():
                 continue
-            clf, target, sources, asr = _victim(group, seed, data, cfg)
+            clf, target, sources, asr, _ = _victim(group, seed, data, cfg)
             x, y = sample_per_class(data.x_test, data.y_test, cfg["per_class"], random_state=seed)
             sizes = OrderStatisticDetector(clf, layer=None).scan(x, y).sizes
             np.savez(path, sizes=sizes, logits=clf.predict(x), y=y, target=-1 if target is None else target,

@@ -30,7 +30,7 @@ def main(seed: int, variant: str) -> None:
     data = load_dataset("fashion-mnist")
     cfg = {**PROFILES["full"], **VARIANTS[variant]}
     start = time.time()
-    clf, _, _, asr = _victim("BD-P-S", seed, data, cfg)
+    clf, _, _, asr, _ = _victim("BD-P-S", seed, data, cfg)
     accuracy = float((clf.predict(data.x_test).argmax(1) == data.y_test).mean())
     print(f"seed {seed} {variant}: ASR {asr:.3f}, accuracy {accuracy:.3f} ({time.time() - start:.0f} s)", flush=True)
 
