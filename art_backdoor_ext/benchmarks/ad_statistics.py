@@ -79,6 +79,27 @@ def outcome(ost: Any, target: int | None, sources: list[int]) -> dict[str, Any]:
     return {"p": ost.p_value, "found": ost.target, "source": ost.source, "target": target, "sources": sources}
 
 
+def _accuracy_table(outcomes: dict[tuple[str, str, str], dict[str, list[tuple[bool, float, bool]]]],
+                    successful_only: bool) -> list[dict[str, Any]]:
+    """One row per (scan, statistic, null): accuracy per group and p-value summaries; ``successful_only`` keeps
+    the attacked victims whose ASR reached the profile's ``min_asr`` (and every clean model), with the count."""
+    rows = []
+    for (scan, stat, null), by_group in outcomes.items():
+        kept = {g: [v for v in by_group[g] if v[2] or not successful_only] for g in GROUPS}
+        row: dict[str, Any] = {"space and norm": scan, "statistic": stat, "null": null}
+        for group in GROUPS:
+            row[group] = float(np.mean([ok for ok, _, _ in kept[group]])) if kept[group] else None
+        if successful_only:
+            row["victims kept"] = " / ".join(str(len(kept[g])) for g in GROUPS)
+        row["mean over groups"] = float(np.mean([row[g] for g in GROUPS if row[g] is not None]))
+        row["min p clean"] = float(min(p for _, p, _ in kept["Clean"]))
+        row["median p clean"] = float(np.median([p for _, p, _ in kept["Clean"]]))
+        attacked = [p for g in GROUPS[:3] for _, p, _ in kept[g]]
+        row["max p attacked"] = float(max(attacked)) if attacked else None
+        rows.append(row)
+    return rows
+
+
 @register_benchmark("ad-statistics")
 def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, models: int | None = None,
                         per_class: int | None = None) -> BenchmarkReport:
@@ -88,13 +109,16 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
     settings = SETTINGS[profile]
     n_models = settings["models"] if models is None else models
     data = load_dataset(cfg["dataset"])
-    outcomes: dict[tuple[str, str, str], dict[str, list[tuple[bool, float]]]] = defaultdict(lambda: defaultdict(list))
+    # (scan, statistic, null) -> group -> [(right verdict, p-value, successful attack or clean model)]
+    outcomes: dict[tuple[str, str, str], dict[str, list[tuple[bool, float, bool]]]] = defaultdict(
+        lambda: defaultdict(list))
     victims = []
     arrays: dict[str, np.ndarray] = {}  # "group/seed/space norm/statistic" -> K x K matrix, NaN diagonal
     for m in range(n_models):
         for group in GROUPS:
             seed = random_state + 100 * GROUPS.index(group) + m
             clf, target, sources, asr, draws = _victim(group, seed, data, cfg)
+            successful = asr is None or asr >= (cfg.get("min_asr") or 0.0)
             x, y = sample_per_class(data.x_test, data.y_test, cfg["per_class"], random_state=seed)
             victim_row: dict[str, Any] = {"group": group, "seed": seed, "target": target, "sources": str(sources),
                                           "ASR": asr, "draws": draws}
@@ -109,22 +133,15 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
                     victim_row[f"true pair rank ({scan}, {stat})"] = pair_ranks(statistic, target, sources)
                     for null, inference in NULLS.items():
                         ost = inference(statistic)
-                        verdict = (_verdict(outcome(ost, target, sources), THETA)[0], float(ost.p_value))
+                        verdict = (_verdict(outcome(ost, target, sources), THETA)[0], float(ost.p_value), successful)
                         outcomes[(scan, stat, null)][group].append(verdict)
             logger.info("bench ad-statistics: %s seed %d", group, seed)
-    rows = []
-    for (scan, stat, null), by_group in outcomes.items():
-        row: dict[str, Any] = {"space and norm": scan, "statistic": stat, "null": null}
-        for group in GROUPS:
-            row[group] = float(np.mean([ok for ok, _ in by_group[group]]))
-        row["mean over groups"] = float(np.mean([row[g] for g in GROUPS]))
-        row["min p clean"] = float(min(p for _, p in by_group["Clean"]))
-        row["median p clean"] = float(np.median([p for _, p in by_group["Clean"]]))
-        row["max p attacked"] = float(max(p for g in GROUPS[:3] for _, p in by_group[g]))
-        rows.append(row)
-    report = BenchmarkReport("ad-statistics", profile, {
-        f"accuracy at theta = {THETA} (attacked: right target and source; clean: not flagged)": rows,
-        "victims": victims})
+    title = f"accuracy at theta = {THETA} (attacked: right target and source; clean: not flagged)"
+    tables: dict[str, list[dict[str, Any]]] = {title: _accuracy_table(outcomes, successful_only=False)}
+    if cfg.get("min_asr") is not None:
+        tables[f"{title}, successful attacks only (ASR >= {cfg['min_asr']:g} after redraws, as in the paper)"] = (
+            _accuracy_table(outcomes, successful_only=True))
+    report = BenchmarkReport("ad-statistics", profile, {**tables, "victims": victims})
     report.arrays = arrays
     report.notes += [f"dataset {data.name}, {n_models} victims per group (the same seeds as bench ad), "
                      f"{cfg['per_class']} clean images per class; every statistic, norm and null from one scan per "

@@ -298,10 +298,25 @@ def test_victim_redraws_until_the_backdoor_takes(monkeypatch):
     assert target not in sources and len(sources) == 1
 
 
-def test_victim_keeps_the_last_draw_when_none_takes_and_never_redraws_without_min_asr(monkeypatch):
+def test_victim_keeps_the_best_draw_when_none_takes_and_never_redraws_without_min_asr(monkeypatch):
     ad, calls = _scripted_victims(monkeypatch, [0.1, 0.3, 0.2, 0.4, 0.05])
     cfg = {**ad.PROFILES["fast"], "min_asr": 0.9, "redraws": 2}
-    assert ad._victim("BD-G-S", 3, _NO_DATA, cfg)[3:] == (0.2, 3)
+    clf, *_, asr, draws = ad._victim("BD-G-S", 3, _NO_DATA, cfg)
+    assert (asr, draws, len(calls)) == (0.3, 3, 3) and clf is calls[1]["clf"]
     calls.clear()
     assert ad._victim("BD-G-M", 3, _NO_DATA, {**cfg, "min_asr": None})[3:] == (0.1, 1)
     assert [c["seed"] for c in calls] == [3]
+
+
+def test_successful_only_table_drops_failed_attacks_and_keeps_clean_models():
+    from art_backdoor_ext.benchmarks.ad_statistics import _accuracy_table
+
+    by_group = {"BD-P-S": [(True, 0.01, True), (False, 0.6, False)], "BD-G-S": [(False, 0.2, False)],
+                "BD-G-M": [(True, 0.001, True), (False, 0.3, True)], "Clean": [(True, 0.7, True), (False, 0.02, True)]}
+    (everything,) = _accuracy_table({("input L2", "s", "n"): by_group}, successful_only=False)
+    (successful,) = _accuracy_table({("input L2", "s", "n"): by_group}, successful_only=True)
+    assert (everything["BD-P-S"], everything["BD-G-S"], everything["max p attacked"]) == (0.5, 0.0, 0.6)
+    assert (successful["BD-P-S"], successful["BD-G-S"], successful["max p attacked"]) == (1.0, None, 0.3)
+    assert successful["victims kept"] == "1 / 0 / 2 / 2" and "victims kept" not in everything
+    assert successful["Clean"] == everything["Clean"] == 0.5 and successful["min p clean"] == 0.02
+    assert successful["mean over groups"] == (1.0 + 0.5 + 0.5) / 3

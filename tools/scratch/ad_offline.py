@@ -1,6 +1,6 @@
 """Re-evaluate AD statistics and nulls offline from saved ``bench ad-statistics`` runs (no scanning).
 
-Usage: ``.venv/bin/python tools/scratch/ad_offline.py [--summary] RUN_DIR [RUN_DIR ...]``
+Usage: ``.venv/bin/python tools/scratch/ad_offline.py [--min-asr=X --summary | --summary] RUN_DIR [RUN_DIR ...]``
 
 Each RUN_DIR holds ``ad-statistics-<profile>.json`` and ``ad-statistics-<profile>-arrays.npz`` (written by
 ``art-backdoor-ext bench ad-statistics ... --output RUN_DIR`` since 2026-12-01). The runs' victims are pooled.
@@ -8,7 +8,8 @@ Prints, for the chosen space/norm and statistic (default ``input L2`` and the de
 ``source-normalised-distance``): the accuracy per group under both nulls at several thresholds, recomputed from
 the stored matrices (checked against the run's own table at 0.05), and one line per victim with ASR, the true
 pair's rank and both p-values. ``--summary``: instead, the pooled accuracy at theta = 0.05 of every stored
-space/norm, statistic and null (the layout of the benchmark's own table).
+space/norm, statistic and null (the layout of the benchmark's own table); ``--min-asr=X --summary`` the same
+over the attacked victims whose ASR reached X (and every clean model), as the paper counts successful attacks.
 """
 
 from __future__ import annotations
@@ -34,16 +35,17 @@ def load(run_dir: Path) -> tuple[list[dict], dict[str, np.ndarray], list[dict]]:
     arrays_path = report_path.with_name(report_path.stem + "-arrays.npz")
     with np.load(arrays_path, allow_pickle=False) as saved:
         arrays = {k: saved[k] for k in saved.files}
-    tables = list(report["tables"].values())
-    return tables[1], arrays, tables[0]
+    tables = list(report["tables"].values())  # the accuracy table first, the victims last
+    return report["tables"]["victims"], arrays, tables[0]
 
 
-def pooled(run_dirs: list[str]) -> tuple[list[dict], dict[str, np.ndarray], list[list[dict]]]:
-    """The runs' victims, matrices and own accuracy tables, pooled."""
+def pooled(run_dirs: list[str], min_asr: float | None = None
+           ) -> tuple[list[dict], dict[str, np.ndarray], list[list[dict]]]:
+    """The runs' victims (attacked ones with ASR below ``min_asr`` dropped), matrices and own tables, pooled."""
     victims, arrays, own_rows = [], {}, []
     for d in run_dirs:
         v, a, rows = load(Path(d))
-        victims += v
+        victims += [r for r in v if min_asr is None or r["ASR"] is None or r["ASR"] >= min_asr]
         arrays.update(a)
         own_rows.append(rows)
     return victims, arrays, own_rows
@@ -81,10 +83,11 @@ def main(run_dirs: list[str], scan: str = SCAN, statistic: str = STATISTIC) -> N
                     raise SystemExit(f"mismatch with the run's own table: {own} vs {acc}")
 
 
-def summary(run_dirs: list[str], theta: float = 0.05) -> None:
-    victims, arrays, _ = pooled(run_dirs)
+def summary(run_dirs: list[str], theta: float = 0.05, min_asr: float | None = None) -> None:
+    victims, arrays, _ = pooled(run_dirs, min_asr)
     combos = sorted({tuple(k.split("/")[2:]) for k in arrays}, key=lambda c: (c[0] != "input L2", c))
-    print(f"{len(victims)} victims from {len(run_dirs)} runs, theta = {theta}\n")
+    kept = " / ".join(str(sum(v["group"] == g for v in victims)) for g in GROUPS)
+    print(f"{len(victims)} victims ({kept}) from {len(run_dirs)} runs, theta = {theta}, min ASR {min_asr}\n")
     print("| space and norm | statistic | null | " + " | ".join(GROUPS) + " | mean | min p clean |")
     print("|---|---|---|" + "---|" * (len(GROUPS) + 2))
     for scan, statistic in combos:
@@ -105,7 +108,10 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if not args or args == ["--summary"]:
         raise SystemExit(__doc__)
+    min_asr = None
+    if args[0].startswith("--min-asr="):
+        min_asr, args = float(args[0].split("=", 1)[1]), args[1:]
     if args[0] == "--summary":
-        summary(args[1:])
+        summary(args[1:], min_asr=min_asr)
     else:
         main(args)
