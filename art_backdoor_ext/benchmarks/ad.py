@@ -15,7 +15,8 @@ fast: digits, 3 victims per group, 20 clean images per class. full: Fashion-MNIS
 600 poisoned copies (the chessboard ones 300 per source): with 300 copies and learning rate 1e-3 most of them
 never learnt their four-pixel trigger (ASR 0.02-0.04), see docs/benchmarks.md. In the full profile an attacked
 victim whose ASR stays below 0.9 is drawn again (new trigger and poisoned subset, up to 3 times, column
-``draws``): the paper evaluates successful attacks only (ASR 0.97-0.99, its Table 1).
+``draws``): the paper evaluates successful attacks only (ASR 0.97-0.99, its Table 1), and a further table
+counts only those (ASR >= 0.9 after the redraws; every clean model kept).
 """
 
 from __future__ import annotations
@@ -160,6 +161,12 @@ def _victim(group: str, seed: int, data: Any, cfg: dict[str, Any]
     return best_clf, target, sources, best_asr, len(tried)
 
 
+def is_successful(asr: float | None, min_asr: float | None) -> bool:
+    """Whether a victim counts as a successful attack: a clean model (``asr`` None) always does, an attacked one
+    when no ``min_asr`` is set or its ASR reached it (the AD paper evaluates successful attacks only)."""
+    return asr is None or min_asr is None or asr >= min_asr
+
+
 def pair_ranks(statistics: np.ndarray, target: int | None, sources: list[int]) -> int | None:
     """Rank (1 = smallest) of the best true (source, target) pair among the K(K-1) off-diagonal statistics: 1
     means the statistic singles the backdoor out and only the inference can miss it; more means natural pairs
@@ -214,15 +221,21 @@ def _verdict(r: dict[str, Any], theta: float) -> tuple[bool, bool]:
     return ok_target and (r["source"] is None or r["source"] in r["sources"]), ok_target
 
 
-def _accuracy_rows(outcomes: dict[str, dict[str, list[dict[str, Any]]]], theta: float) -> list[dict[str, Any]]:
+def _accuracy_rows(outcomes: dict[str, dict[str, list[dict[str, Any]]]], theta: float,
+                   successful_only: bool = False) -> list[dict[str, Any]]:
+    """One row per detector; ``successful_only`` keeps the outcomes marked ``successful`` (attacks whose ASR
+    reached the profile's ``min_asr``, and every clean model)."""
     rows = []
-    for name, by_group in outcomes.items():
+    for name, all_by_group in outcomes.items():
+        by_group = {g: [r for r in all_by_group[g] if r["successful"] or not successful_only] for g in GROUPS}
         row: dict[str, Any] = {"detector": name}
         for group in GROUPS:
             verdicts = [_verdict(r, theta) for r in by_group[group]]
-            row[group] = float(np.mean([v[0] for v in verdicts]))
+            row[group] = float(np.mean([v[0] for v in verdicts])) if verdicts else None
             if group != "Clean":
-                row[f"{group} target-only"] = float(np.mean([v[1] for v in verdicts]))
+                row[f"{group} target-only"] = float(np.mean([v[1] for v in verdicts])) if verdicts else None
+        if successful_only:
+            row["victims kept"] = " / ".join(str(len(by_group[g])) for g in GROUPS)
         attacked = [r["p"] for g in GROUPS[:3] for r in by_group[g] if r["p"] is not None]
         clean = [r["p"] for r in by_group["Clean"] if r["p"] is not None]
         row["median p attacked"] = float(np.median(attacked)) if attacked else None
@@ -263,7 +276,8 @@ def bench_ad(*, profile: str, random_state: int, verbose: bool, models: int | No
             logger.info("bench ad: %s seed %d", group, seed)
             for name, det in detectors.items():
                 report = det.scan(x, y)
-                truth = {"target": target, "sources": sources, "seconds": report.seconds}
+                truth = {"target": target, "sources": sources, "seconds": report.seconds,
+                         "successful": is_successful(asr, cfg.get("min_asr"))}
                 outcomes[name][group].append(
                     {"p": report.p_value, "detected": report.detected, "source": report.source,
                      "found": report.target, **truth}
@@ -281,6 +295,9 @@ def bench_ad(*, profile: str, random_state: int, verbose: bool, models: int | No
                         )
     title = "detection accuracy at theta = {:g} (attacked: right source and target; clean: not flagged)"
     tables = {title.format(theta): _accuracy_rows(outcomes, theta) for theta in THETAS}
+    if cfg.get("min_asr") is not None:
+        tables[f"{title.format(THETAS[0])}, successful attacks only (ASR >= {cfg['min_asr']:g} after redraws, "
+               "as in the paper)"] = _accuracy_rows(outcomes, THETAS[0], successful_only=True)
     report = BenchmarkReport(
         "ad",
         profile,

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark
-from art_backdoor_ext.benchmarks.ad import GROUPS, PROFILES, _verdict, _victim, pair_ranks
+from art_backdoor_ext.benchmarks.ad import GROUPS, PROFILES, _verdict, _victim, is_successful, pair_ranks
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
 from art_backdoor_ext.functional.pair_normalisation import NORMALISED_STATISTICS, normalised_statistics
@@ -118,7 +118,7 @@ def bench_ad_statistics(*, profile: str, random_state: int, verbose: bool, model
         for group in GROUPS:
             seed = random_state + 100 * GROUPS.index(group) + m
             clf, target, sources, asr, draws = _victim(group, seed, data, cfg)
-            successful = asr is None or asr >= (cfg.get("min_asr") or 0.0)
+            successful = is_successful(asr, cfg.get("min_asr"))
             x, y = sample_per_class(data.x_test, data.y_test, cfg["per_class"], random_state=seed)
             victim_row: dict[str, Any] = {"group": group, "seed": seed, "target": target, "sources": str(sources),
                                           "ASR": asr, "draws": draws}

@@ -320,3 +320,22 @@ def test_successful_only_table_drops_failed_attacks_and_keeps_clean_models():
     assert successful["victims kept"] == "1 / 0 / 2 / 2" and "victims kept" not in everything
     assert successful["Clean"] == everything["Clean"] == 0.5 and successful["min p clean"] == 0.02
     assert successful["mean over groups"] == (1.0 + 0.5 + 0.5) / 3
+
+
+def test_bench_ad_successful_only_rows_drop_failed_attacks():
+    from art_backdoor_ext.benchmarks.ad import _accuracy_rows, is_successful
+
+    def r(p, found, target, successful, source=1):
+        return {"p": p, "detected": None, "found": found, "source": source, "target": target, "sources": [1],
+                "seconds": 1.0, "successful": successful}
+
+    outcomes = {"AD": {"BD-P-S": [r(0.01, 2, 2, True), r(0.5, 2, 2, False)], "BD-G-S": [r(0.9, 3, 2, False)],
+                       "BD-G-M": [r(0.01, 2, 2, True, source=4)], "Clean": [r(0.2, 0, None, True)]}}
+    (everything,) = _accuracy_rows(outcomes, 0.05)
+    (successful,) = _accuracy_rows(outcomes, 0.05, successful_only=True)
+    assert (everything["BD-P-S"], everything["BD-G-S"], everything["max p attacked"]) == (0.5, 0.0, 0.9)
+    assert (successful["BD-P-S"], successful["BD-G-S"], successful["max p attacked"]) == (1.0, None, 0.01)
+    assert successful["BD-G-M"] == 0.0 and successful["BD-G-M target-only"] == 1.0  # right target, not a source
+    assert successful["victims kept"] == "1 / 0 / 1 / 1" and "victims kept" not in everything
+    assert [is_successful(a, m) for a, m in ((None, 0.9), (0.5, None), (0.89, 0.9), (0.9, 0.9))] == [
+        True, True, False, True]

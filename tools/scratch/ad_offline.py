@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from art_backdoor_ext.benchmarks.ad import GROUPS, _verdict, pair_ranks
+from art_backdoor_ext.benchmarks.ad import GROUPS, _verdict, is_successful, pair_ranks
 from art_backdoor_ext.benchmarks.ad_statistics import NULLS, outcome
 
 SCAN = "input L2"
@@ -45,7 +45,7 @@ def pooled(run_dirs: list[str], min_asr: float | None = None
     victims, arrays, own_rows = [], {}, []
     for d in run_dirs:
         v, a, rows = load(Path(d))
-        victims += [r for r in v if min_asr is None or r["ASR"] is None or r["ASR"] >= min_asr]
+        victims += [r for r in v if is_successful(r["ASR"], min_asr)]
         arrays.update(a)
         own_rows.append(rows)
     return victims, arrays, own_rows
