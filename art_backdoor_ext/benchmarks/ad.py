@@ -264,6 +264,7 @@ def bench_ad(*, profile: str, random_state: int, verbose: bool, models: int | No
         for m in range(cfg["models"]):
             seed = random_state + 100 * GROUPS.index(group) + m
             clf, target, sources, asr, draws = _victim(group, seed, data, cfg)
+            successful = is_successful(asr, cfg.get("min_asr"))
             victim_row: dict[str, Any] = {"group": group, "seed": seed, "target": target, "sources": str(sources),
                                           "ASR": asr, "draws": draws}
             victims.append(victim_row)
@@ -276,8 +277,7 @@ def bench_ad(*, profile: str, random_state: int, verbose: bool, models: int | No
             logger.info("bench ad: %s seed %d", group, seed)
             for name, det in detectors.items():
                 report = det.scan(x, y)
-                truth = {"target": target, "sources": sources, "seconds": report.seconds,
-                         "successful": is_successful(asr, cfg.get("min_asr"))}
+                truth = {"target": target, "sources": sources, "seconds": report.seconds, "successful": successful}
                 outcomes[name][group].append(
                     {"p": report.p_value, "detected": report.detected, "source": report.source,
                      "found": report.target, **truth}
