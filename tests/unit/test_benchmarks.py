@@ -233,6 +233,15 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
         else:
             found = float(p_text) < 0.05 and int(target_text) == victim["target"]
             assert row["target found (joint layers)"] == float(found)
+        for label, _, _ in cepa.ALTERNATIVES:  # the other decisions of the same scan, per victim and per group
+            detected, found_target = victim[f"{label} (detected -> target)"].split(" -> ")
+            if victim["group"] == "clean":
+                assert row[f"{label}: false detection"] == float(detected == "True")
+            else:
+                assert row[f"{label}: target found"] == float(detected == "True"
+                                                              and int(found_target) == victim["target"])
+        for name in cepa.SAVED_STATISTICS:  # every victim's per-target statistics, per layer
+            assert report.arrays[f"{victim['group']}/{victim['seed']}/relu3/{name}"].shape == (10,)
     json.dumps(report.to_dict())
 
 
@@ -255,6 +264,38 @@ def test_cepa_per_layer_column_ranks_the_true_target_by_the_detection_statistic(
     calibrated = SimpleNamespace(tests=[{**tests[0], "p_value": 0.05, "p_value_uncalibrated": 0.0012}],
                                  statistics=stats, statistic="consensus")
     assert _per_layer(calibrated, 1) == "a: p 0.05 (uncalibrated 0.0012) -> 1 (true #1)"
+
+
+def test_cepa_alternative_decisions_come_from_the_scan_statistics(fresh_classifier):
+    from types import SimpleNamespace
+
+    from art_backdoor_ext.benchmarks.cepa import ALTERNATIVES, _alternatives
+    from art_backdoor_ext.defences.model.cepa import CEPA
+
+    det = CEPA(fresh_classifier, layers=["relu1", "relu2"], random_state=0)
+    rng = np.random.default_rng(0)
+
+    def layer(mu_norm, sigma):
+        return {"mu_norm": mu_norm, "sigma": sigma, "ratio": sigma / mu_norm}
+
+    flat_sigma = rng.uniform(0.9, 1.1, 10)
+    # relu1: target 3 has a far larger ||mu|| and a sigma that grows with it (an ordinary sigma/||mu||);
+    # relu2: nothing stands out
+    big = rng.uniform(0.9, 1.1, 10)
+    big[3] = 40.0
+    stats = {"relu1": layer(big, flat_sigma * big), "relu2": layer(rng.uniform(0.9, 1.1, 10), flat_sigma)}
+    report = SimpleNamespace(layers=["relu1", "relu2"], statistics={"all-to-one": stats})
+    out = _alternatives(det, report)
+    assert list(out) == [label for label, _, _ in ALTERNATIVES]
+    assert out["||mu||, p-value"] == (True, 3) and out["||mu||, MAD > 2"] == (True, 3)
+    assert out["sigma/||mu||, MAD > 2"][0] is False  # the ratio is flat at both layers
+    # a consensual outlier (small sigma/||mu||) at relu2 only: the MAD rule on the ratio finds it, the norm does not
+    tight = rng.uniform(0.9, 1.1, 10)
+    tight[7] = 0.02
+    stats = {"relu1": layer(rng.uniform(0.9, 1.1, 10), flat_sigma), "relu2": layer(np.ones(10), tight)}
+    out = _alternatives(det, SimpleNamespace(layers=["relu1", "relu2"], statistics={"all-to-one": stats}))
+    assert out["sigma/||mu||, MAD > 2"] == (True, 7)
+    assert out["||mu||, p-value"][0] is False and out["||mu||, MAD > 2"][0] is False
 
 
 def test_cli_bench_passes_per_class_and_reports_a_clear_error(capsys):
