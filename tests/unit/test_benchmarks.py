@@ -188,6 +188,30 @@ def test_ad_benchmark_tiny_run_has_the_derived_rows(monkeypatch):
     json.dumps(report.to_dict())
 
 
+def test_bench_ad_variants_that_differ_in_inference_share_one_optimisation(monkeypatch, fresh_classifier):
+    from art_backdoor_ext.benchmarks import ad
+    from art_backdoor_ext.datasets import load_dataset, sample_per_class
+    from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
+
+    class Quick(OrderStatisticDetector):
+        def __init__(self, clf, **kw):
+            super().__init__(clf, **{**kw, "max_iter": 3})
+
+    layers = []
+    real = OrderStatisticDetector._optimise
+    monkeypatch.setattr(OrderStatisticDetector, "_optimise",
+                        lambda det, *a: layers.append(det.layer) or real(det, *a))
+    monkeypatch.setattr(ad, "OrderStatisticDetector", Quick)
+    data = load_dataset("digits")
+    x, y = sample_per_class(data.x_test, data.y_test, 3, random_state=0)
+    names = ["AD-J-P (first conv)", "AD-J-P (input)", "AD-J-C (input)", "AD-J-P-L1 (input)"]
+    reports = ad._ad_reports(fresh_classifier, x, y, {n: ad.VARIANTS[n] for n in names})
+    assert list(reports) == names and sorted(layers, key=str) == [None, "auto"]  # two optimisations for four
+    assert reports["AD-J-P-L1 (input)"].settings["norm"] == "l1"
+    assert reports["AD-J-C (input)"].settings["confusion_correction"] is True
+    np.testing.assert_array_equal(reports["AD-J-P-L1 (input)"].sizes, reports["AD-J-P (input)"].sizes_by_norm["l1"])
+
+
 def test_pair_ranks_counts_smaller_off_diagonal_pairs():
     from art_backdoor_ext.benchmarks.ad import pair_ranks
 

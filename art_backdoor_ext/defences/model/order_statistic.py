@@ -31,12 +31,17 @@ the L2 distance of the two classes' mean clean images
 
 ``null="size"`` (this project's variant) fits the Gamma to the sizes instead of their reciprocals and tests the
 smallest (:func:`~art_backdoor_ext.functional.size_null.size_order_statistic_pvalue`).
+
+:meth:`OrderStatisticDetector.scan_variants` optimises once and decides several times: the parameters in
+:data:`INFERENCE_PARAMETERS` (norm, confusion correction, statistic, null, theta) do not change the perturbations,
+so variants that differ only in them share one run of the engine.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +56,7 @@ from art_backdoor_ext.defences.model.perturbation import (
     Problems,
     pair_problems,
 )
-from art_backdoor_ext.exceptions import DataError
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 from art_backdoor_ext.functional.pair_normalisation import NORMALISED_STATISTICS, normalised_statistics
 from art_backdoor_ext.functional.robust import (
     asymmetry_statistics,
@@ -117,6 +122,11 @@ class OrderStatisticReport:
                 "sizes_by_norm": self.sizes_by_norm,
             }
         )
+
+
+#: Parameters that only change what is inferred from the optimised perturbations (not the perturbations), so
+#: :meth:`OrderStatisticDetector.scan_variants` may vary them over one optimisation.
+INFERENCE_PARAMETERS = ("norm", "confusion_correction", "statistic", "null", "significance")
 
 
 class OrderStatisticDetector(ModelScanner):
@@ -286,13 +296,50 @@ class OrderStatisticDetector(ModelScanner):
                     out[s, t] = np.mean(sizes[(problems.sources == s) & (problems.targets == t)])
         return out
 
+    def scan_variants(self, x_clean: np.ndarray, y_clean: np.ndarray,
+                      variants: Mapping[str, Mapping[str, Any]]) -> dict[str, OrderStatisticReport]:
+        """One optimisation, several decisions: the reports :meth:`scan` would give for this detector with each
+        variant's parameters, from a single run of the engine.
+
+        :param x_clean: Clean images, as for :meth:`scan`.
+        :param y_clean: Their integer labels, as for :meth:`scan`.
+        :param variants: name -> overrides of :data:`INFERENCE_PARAMETERS` (``{}``: this detector's own settings),
+            e.g. ``{"paper": {"statistic": "size", "null": "reciprocal"}, "L1": {"norm": "l1"}}``.
+        :return: name -> report. Each report's ``seconds`` is the shared optimisation's time plus its own
+            inference's.
+        :raises InvalidParameterError: an override outside :data:`INFERENCE_PARAMETERS` (it would change the
+            perturbations: use another detector) or an invalid value.
+        """
+        detectors = {}
+        for name, overrides in variants.items():
+            engine_params = sorted(set(overrides) - set(INFERENCE_PARAMETERS))
+            if engine_params:
+                raise InvalidParameterError(
+                    f"variant {name!r} overrides {engine_params}, which change the optimisation; scan_variants may "
+                    f"only vary {list(INFERENCE_PARAMETERS)}")
+            detectors[name] = OrderStatisticDetector(self.classifier, **{**self.get_params(), **overrides})
+        x, y = self._check_clean_set(x_clean, y_clean)
+        start = time.perf_counter()
+        scale, problems, result = self._optimise(x, y)
+        shared = time.perf_counter() - start
+        return {name: det._report(x, y, scale, problems, result, time.perf_counter() - shared)
+                for name, det in detectors.items()}
+
+    def _optimise(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Problems, EngineResult]:
+        scale = self._scale(x)
+        problems = pair_problems(y, int(self.classifier.nb_classes))
+        return scale, problems, self.engine(scale).run(x, y, problems)
+
     def _scan(self, x: np.ndarray, y: np.ndarray) -> OrderStatisticReport:
         start = time.perf_counter()
+        scale, problems, result = self._optimise(x, y)
+        return self._report(x, y, scale, problems, result, start)
+
+    def _report(self, x: np.ndarray, y: np.ndarray, scale: float, problems: Problems, result: EngineResult,
+                start: float) -> OrderStatisticReport:
+        """The report of a finished optimisation under this detector's inference parameters; ``seconds`` counts
+        from ``start`` (``time.perf_counter()``)."""
         k = int(self.classifier.nb_classes)
-        scale = self._scale(x)
-        engine = self.engine(scale)
-        problems = pair_problems(y, k)
-        result = engine.run(x, y, problems)
         sizes = self._pair_sizes(result, k)
         statistics = sizes
         if self.statistic == "ratio":

@@ -142,6 +142,37 @@ def test_variants_run(badnets_victim, clean_set):
         assert 0 <= r.p_value <= 1 and r.settings["objective"] == kw["objective"]
 
 
+def test_scan_variants_decide_like_separate_scans_from_one_optimisation(badnets_victim, clean_set, monkeypatch):
+    from art_backdoor_ext.defences.model import order_statistic
+
+    x, y = clean_set
+    fast = {"step_size": 0.02, "max_iter": 60}
+    det = OrderStatisticDetector(badnets_victim.classifier, **fast)
+    variants = {"default": {}, "paper": {"statistic": "size", "null": "reciprocal"}, "L1": {"norm": "l1"},
+                "corrected": {"statistic": "size", "confusion_correction": True, "significance": 0.01}}
+    runs = []
+    real = order_statistic.PerturbationEngine.run
+    monkeypatch.setattr(order_statistic.PerturbationEngine, "run",
+                        lambda engine, *a, **kw: runs.append(1) or real(engine, *a, **kw))
+    x_before = x.copy()
+    reports = det.scan_variants(x, y, variants)
+    assert len(runs) == 1 and list(reports) == list(variants)  # one optimisation for the four decisions
+    np.testing.assert_array_equal(x, x_before)
+    for name, overrides in variants.items():
+        alone = OrderStatisticDetector(badnets_victim.classifier, **fast, **overrides).scan(x, y)
+        shared = reports[name]
+        np.testing.assert_array_equal(shared.statistics, alone.statistics)
+        np.testing.assert_array_equal(shared.sizes, alone.sizes)
+        assert (shared.p_value, shared.source, shared.target, shared.detected) == (
+            alone.p_value, alone.source, alone.target, alone.detected)
+        assert shared.settings == alone.settings and shared.seconds > 0
+    assert not np.array_equal(reports["L1"].sizes, reports["default"].sizes)
+    with pytest.raises(InvalidParameterError, match=r"variant 'x' overrides \['layer'\], which change the opt"):
+        det.scan_variants(x, y, {"x": {"layer": "auto"}})
+    with pytest.raises(InvalidParameterError, match="norm"):
+        det.scan_variants(x, y, {"x": {"norm": "l3"}})
+
+
 def test_bad_input(badnets_victim, clean_set):
     x, y = clean_set
     clf = badnets_victim.classifier
