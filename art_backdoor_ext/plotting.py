@@ -95,7 +95,8 @@ def plot_order_statistic(report: Any, path: str | Path | None = None) -> Any:
 
 def cepa_evidence_by_target(report: Any, variant: str, layer: str) -> np.ndarray:
     """Per putative target class, the evidence CEPA tests (large = backdoor-like): ``||mu|| / sigma`` for the
-    consensus statistic, ``||mu||`` for the norm statistic; for the pair variant the largest over source classes.
+    consensus statistic, ``||mu||`` for the norm statistic, ``1 / sigma`` for the sigma statistic; for the pair
+    variant the largest over source classes.
 
     :param report: A :class:`~art_backdoor_ext.defences.model.cepa_report.CEPAReport`.
     :return: (K,) float array, NaN where a target has no finite value.
@@ -110,6 +111,8 @@ def cepa_evidence_by_target(report: Any, variant: str, layer: str) -> np.ndarray
         values = np.asarray(stats["mu_norm"], float)
         if report.statistic == "consensus":
             values = values / np.asarray(stats["sigma"], float)
+        elif report.statistic == "sigma":
+            values = 1.0 / np.asarray(stats["sigma"], float)
     values = np.where(np.isfinite(values), values, np.nan)
     if values.ndim == 2:
         finite = np.isfinite(values).any(axis=0)
@@ -132,7 +135,7 @@ def plot_cepa_statistics(report: Any, true_target: int | None = None, path: str 
     plt = _pyplot()
     panels = [(variant, layer) for variant, by_layer in report.statistics.items() for layer in by_layer]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
-    label = "||mu|| / sigma" if report.statistic == "consensus" else "||mu||"
+    label = {"consensus": "||mu|| / sigma", "sigma": "1 / sigma"}.get(report.statistic, "||mu||")
     for ax, (variant, layer) in zip(axes[0], panels):
         values = cepa_evidence_by_target(report, variant, layer)
         k = len(values)

@@ -52,8 +52,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 GROUPS = ("patch", "blend", "warp", "chessboard", "clean")
 #: Other decisions computed from every scan's statistics, without optimising again: (label, statistic, inference).
-ALTERNATIVES = (("||mu||, p-value", "norm", "p-value"), ("sigma/||mu||, MAD > 2", "consensus", "mad"),
-                ("||mu||, MAD > 2", "norm", "mad"))
+ALTERNATIVES = (("sigma, p-value", "sigma", "p-value"), ("||mu||, p-value", "norm", "p-value"),
+                ("sigma/||mu||, MAD > 2", "consensus", "mad"), ("||mu||, MAD > 2", "norm", "mad"))
 #: The per-target statistics of every victim kept in the report's arrays ("group/seed/layer/name").
 SAVED_STATISTICS = ("ratio", "mu_norm", "sigma", "misclassification", "delta_norm")
 
@@ -136,7 +136,7 @@ def _per_layer(report: Any, target: int | None) -> str:
             text += f" (uncalibrated {test['p_value_uncalibrated']:.2g})"
         text += f" -> {test['target']}"
         if target is not None and test["variant"] == "all-to-one":
-            key, sign = ("mu_norm", -1.0) if report.statistic == "norm" else ("ratio", 1.0)
+            key, sign = {"norm": ("mu_norm", -1.0), "sigma": ("sigma", 1.0)}.get(report.statistic, ("ratio", 1.0))
             values = np.nan_to_num(sign * np.asarray(stats[key], dtype=float), nan=np.inf)
             text += f" (true #{int(np.sum(values < values[target])) + 1})"
         parts.append(text)
@@ -268,8 +268,9 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
         "route into the backdoor)",
         "joint layers: the decision of layer_pooling='joint' (report.joint, the all-to-one layers tested together) "
         "from the same scan; the other columns are the default's (each layer on its own, Sidak over the layers)",
-        "||mu|| / MAD columns: the same scans decided with CEPA(statistic='norm') (the paper's Fig. 2 and 4 "
-        "statistic) and with inference='mad' (anomaly index > 2, as Neural Cleanse), each layer on its own; the "
+        "sigma / ||mu|| / MAD columns: the same scans decided with CEPA(statistic='sigma') (the spread about mu "
+        "alone, the paper's first condition), with statistic='norm' (its Fig. 2 and 4 statistic) and with "
+        "inference='mad' (anomaly index > 2, as Neural Cleanse), each layer on its own; the "
         "per-target statistics of every victim are in the arrays file (group/seed/layer/name)",
         "paper anchor (CIFAR-10 ResNet-18, Table 1): Eq.1 ASR 92/93/97/91%, Eq.3 ASR 91/89/81/93% for "
         "patch/blend/WaNet/chessboard; target class detected for all four",

@@ -313,12 +313,13 @@ def test_cepa_alternative_decisions_come_from_the_scan_statistics(fresh_classifi
     assert list(out) == [label for label, _, _ in ALTERNATIVES]
     assert out["||mu||, p-value"] == (True, 3) and out["||mu||, MAD > 2"] == (True, 3)
     assert out["sigma/||mu||, MAD > 2"][0] is False  # the ratio is flat at both layers
+    assert out["sigma, p-value"][0] is False  # target 3's sigma is the largest, not the smallest
     # a consensual outlier (small sigma/||mu||) at relu2 only: the MAD rule on the ratio finds it, the norm does not
     tight = rng.uniform(0.9, 1.1, 10)
     tight[7] = 0.02
     stats = {"relu1": layer(rng.uniform(0.9, 1.1, 10), flat_sigma), "relu2": layer(np.ones(10), tight)}
     out = _alternatives(det, SimpleNamespace(layers=["relu1", "relu2"], statistics={"all-to-one": stats}))
-    assert out["sigma/||mu||, MAD > 2"] == (True, 7)
+    assert out["sigma/||mu||, MAD > 2"] == (True, 7) and out["sigma, p-value"] == (True, 7)
     assert out["||mu||, p-value"][0] is False and out["||mu||, MAD > 2"][0] is False
 
 

@@ -175,3 +175,9 @@ def test_neural_cleanse_bars_colour_flagged_and_unreached_targets(tmp_path):
     assert [t.get_text() for t in ax.texts] == ["3.5", "0.4", "0.0", "0.4", "n/a"]
     assert "flagged [0]" in ax.get_title()
     assert (tmp_path / "nc.png").stat().st_size > 0
+
+
+def test_sigma_statistic_plots_the_reciprocal_spread():
+    report = _report("sigma")
+    np.testing.assert_allclose(cepa_evidence_by_target(report, "all-to-one", "relu1"),
+                               1.0 / report.statistics["all-to-one"]["relu1"]["sigma"])

@@ -107,7 +107,9 @@ class CEPA(ModelScanner):
     :param variant: ``"all-to-one"`` (one problem per putative target, the other classes pooled, as in the
         paper's experiments), ``"pairs"`` (one per (source, target)) or ``"both"``. The default is all-to-one
         because the pair variant flagged every clean digits model it was run on (docs/cepa.md).
-    :param statistic: ``"consensus"`` (sigma / ||mu||, small for a backdoor) or ``"norm"`` (||mu||, large).
+    :param statistic: ``"consensus"`` (sigma / ||mu||, small for a backdoor), ``"norm"`` (||mu||, large) or
+        ``"sigma"`` (the spread of the embedded shifts about ``mu`` alone, small: the paper's first detection
+        condition, "unusually small variance about the common embedded perturbation").
     :param inference: ``"p-value"`` (order statistic, robust Gamma null) or ``"mad"`` (anomaly index).
     :param anomaly_threshold: Detection threshold of the MAD anomaly index (``inference="mad"``).
     :param calibration: ``"bootstrap"`` (default) calibrates the all-to-one p-value by a parametric bootstrap from
@@ -146,7 +148,7 @@ class CEPA(ModelScanner):
         "lam": [Interval(float, 0, None, closed="neither")],
         "significance": [Interval(float, 0, 1, closed="neither")],
         "variant": [Options(tuple(VARIANTS))],
-        "statistic": [Options(("consensus", "norm"))],
+        "statistic": [Options(("consensus", "norm", "sigma"))],
         "inference": [Options(("p-value", "mad"))],
         "anomaly_threshold": [Interval(float, 0, None, closed="neither")],
         "calibration": [Options(("bootstrap", "none"))],

@@ -30,10 +30,16 @@ logger = logging.getLogger(__name__)
 def evidence(statistic: str, stats: Mapping[str, np.ndarray]
              ) -> tuple[np.ndarray, np.ndarray, Literal["low", "high"]]:
     """(evidence for the p-value, large = backdoor, with NaN and non-positive values raised to half the smallest
-    positive one; the raw statistic; the side of the MAD anomaly index)."""
+    positive one; the raw statistic; the side of the MAD anomaly index). ``statistic``: ``"consensus"``
+    (evidence ||mu|| / sigma, raw sigma / ||mu||), ``"norm"`` (||mu|| both) or ``"sigma"`` (evidence 1 / sigma,
+    raw sigma)."""
     side: Literal["low", "high"] = "high" if statistic == "norm" else "low"
     if statistic == "norm":
         values, raw = stats["mu_norm"].astype(float), stats["mu_norm"].astype(float)
+    elif statistic == "sigma":
+        raw = stats["sigma"].astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = 1.0 / raw
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
             values = stats["mu_norm"] / stats["sigma"]

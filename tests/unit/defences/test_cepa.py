@@ -227,3 +227,23 @@ def test_joint_layer_pooling_decides_with_one_test(detector, report, clean_set, 
             CEPA(detector.classifier, layer_pooling="joint", **other)
     one_layer = CEPA(detector.classifier, variant="all-to-one", layers="relu3", max_iter=5).scan(*clean_set)
     assert one_layer.joint is None  # nothing to pool
+
+
+def test_sigma_statistic_tests_the_spread_about_mu_alone(detector, clean_set, monkeypatch):
+    """statistic="sigma": the paper's first condition (small variance about mu) without dividing by ||mu||."""
+    from art_backdoor_ext.functional.bootstrap_calibration import calibrated_max_statistic_pvalue
+
+    results = detector.optimise(*clean_set)
+    by_sigma = CEPA(detector.classifier, variant="all-to-one", max_iter=100, statistic="sigma")
+    monkeypatch.setattr(by_sigma, "optimise", lambda x, y, layers: results)  # the same optimisation, re-decided
+    decided = by_sigma.scan(*clean_set)
+    per_layer = results["all-to-one"][1]
+    for test in decided.tests:
+        sigma = per_layer[test["layer"]]["sigma"]
+        assert test["target"] == int(np.argmin(sigma))
+        assert test["p_value"] == calibrated_max_statistic_pvalue(1.0 / sigma, n_bootstrap=199, random_state=0)[0]
+        ai = decided.statistics["all-to-one"][test["layer"]]["anomaly_index"]
+        assert np.nanargmax(ai) == np.argmin(sigma)  # the MAD index is taken on the low side of sigma
+    assert decided.statistic == "sigma" and decided.settings["statistic"] == "sigma"
+    with pytest.raises(InvalidParameterError, match="statistic"):
+        CEPA(detector.classifier, statistic="variance")

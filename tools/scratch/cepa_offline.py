@@ -1,0 +1,92 @@
+"""Re-decide CEPA scans offline with other per-target statistics (no optimisation), from saved ``bench cepa`` runs.
+
+Usage: ``.venv/bin/python tools/scratch/cepa_offline.py RUN_DIR [RUN_DIR ...]``
+
+Each RUN_DIR holds ``cepa-<profile>.json`` and ``cepa-<profile>-arrays.npz`` (written by
+``art-backdoor-ext bench cepa ... --output RUN_DIR`` since 2026-12-02: every victim's all-to-one statistics per
+layer under ``group/seed/layer/name``). Every statistic below is "large = backdoor" and is decided as CEPA decides
+its own: per layer the bootstrap-calibrated order-statistic p-value of the largest of the K values (null fitted to
+the K - 1 others, 199 simulated sets, seeded with the victim's seed as the benchmark does), Sidak over the layers,
+detected below 0.05. ``consensus`` is CEPA's default (||mu|| / sigma) and is checked against the run's own verdict.
+Prints one line per victim (p -> target, true target's best rank over the layers) and the fraction per group
+(attacked: detected with the right target; clean: flagged).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from art_backdoor_ext.functional.bootstrap_calibration import calibrated_max_statistic_pvalue
+from art_backdoor_ext.functional.cepa_math import sidak_correction
+
+GROUPS = ("patch", "blend", "warp", "chessboard", "clean")
+STATISTICS = {
+    "consensus ||mu||/sigma": lambda s: s["mu_norm"] / s["sigma"],
+    "norm ||mu||": lambda s: s["mu_norm"],
+    "amplification ||mu||/|delta|": lambda s: s["mu_norm"] / s["delta_norm"],
+    "consensus x amplification": lambda s: s["mu_norm"] ** 2 / (s["sigma"] * s["delta_norm"]),
+    "1/sigma": lambda s: 1.0 / s["sigma"],
+    "1/|delta|": lambda s: 1.0 / s["delta_norm"],
+}
+
+
+def load(run_dir: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
+    (report_path,) = run_dir.glob("cepa-*[!s].json")
+    report = json.loads(report_path.read_text())
+    with np.load(report_path.with_name(report_path.stem + "-arrays.npz"), allow_pickle=False) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    return report["tables"]["victims"], arrays
+
+
+def decide(values_by_layer: dict[str, np.ndarray], seed: int) -> tuple[float, int, dict[str, int]]:
+    """(Sidak-corrected p, target of the most extreme layer, per-layer ranking of every target: 1 = largest)."""
+    tests = []
+    ranks = {}
+    for layer, values in values_by_layer.items():
+        values = np.where(np.isfinite(values) & (values > 0), values, np.nan)
+        floor = 0.5 * np.nanmin(values)
+        values = np.nan_to_num(values, nan=floor)
+        p, row, raw = calibrated_max_statistic_pvalue(values, n_bootstrap=199, random_state=seed)
+        tests.append((p, raw, row))
+        ranks[layer] = np.argsort(np.argsort(-values)) + 1
+    p, _, row = min(tests)
+    return sidak_correction(p, len(tests)), int(row), ranks
+
+
+def main(run_dirs: list[str]) -> None:
+    verdicts: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for run_dir in run_dirs:
+        victims, arrays = load(Path(run_dir))
+        for v in victims:
+            group, seed, target = v["group"], v["seed"], v["target"]
+            layers = sorted({k.split("/")[2] for k in arrays if k.startswith(f"{group}/{seed}/")})
+            line = [f"{group} {seed} (target {target})"]
+            for name, statistic in STATISTICS.items():
+                stats = {layer: statistic({n: arrays[f"{group}/{seed}/{layer}/{n}"]
+                                           for n in ("mu_norm", "sigma", "delta_norm")}) for layer in layers}
+                p, found, ranks = decide(stats, seed)
+                detected = p < 0.05
+                right = detected if target is None else bool(detected and found == target)
+                verdicts[name][group].append(right)
+                if name.startswith("consensus ||") and (detected != v["detected"] or found != v["found_target"]):
+                    raise SystemExit(f"{group} {seed}: the default does not reproduce the run's verdict")
+                best = "-" if target is None else min(int(r[target]) for r in ranks.values())
+                line.append(f"{name.split()[0]} {p:.2g}->{found} #{best}")
+            print(" | ".join(line))
+    print("\n| statistic | " + " | ".join(GROUPS) + " |")
+    print("|---|" + "---|" * len(GROUPS))
+    for name, by_group in verdicts.items():
+        cells = [f"{sum(by_group[g])}/{len(by_group[g])}" for g in GROUPS]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n(attacked: detected with the right target; clean: flagged)")
+
+
+if __name__ == "__main__":
+    if not sys.argv[1:]:
+        raise SystemExit(__doc__)
+    main(sys.argv[1:])
