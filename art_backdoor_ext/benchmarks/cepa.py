@@ -52,8 +52,9 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 GROUPS = ("patch", "blend", "warp", "chessboard", "clean")
 #: Other decisions computed from every scan's statistics, without optimising again: (label, statistic, inference).
-ALTERNATIVES = (("sigma, p-value", "sigma", "p-value"), ("||mu||, p-value", "norm", "p-value"),
-                ("sigma/||mu||, MAD > 2", "consensus", "mad"), ("||mu||, MAD > 2", "norm", "mad"))
+ALTERNATIVES = (("sigma, p-value", "sigma", "p-value"), ("sigma, MAD > 2", "sigma", "mad"),
+                ("||mu||, p-value", "norm", "p-value"), ("sigma/||mu||, MAD > 2", "consensus", "mad"),
+                ("||mu||, MAD > 2", "norm", "mad"))
 #: The per-target statistics of every victim kept in the report's arrays ("group/seed/layer/name").
 SAVED_STATISTICS = ("ratio", "mu_norm", "sigma", "misclassification", "delta_norm")
 

@@ -7,7 +7,10 @@ Each RUN_DIR holds ``cepa-<profile>.json`` and ``cepa-<profile>-arrays.npz`` (wr
 layer under ``group/seed/layer/name``). Every statistic below is "large = backdoor" and is decided as CEPA decides
 its own: per layer the bootstrap-calibrated order-statistic p-value of the largest of the K values (null fitted to
 the K - 1 others, 199 simulated sets, seeded with the victim's seed as the benchmark does), Sidak over the layers,
-detected below 0.05. ``consensus`` is CEPA's default (||mu|| / sigma) and is checked against the run's own verdict.
+detected below 0.05 (``(joint layers)``: the layers tested together, CEPA's ``layer_pooling="joint"``;
+``(MAD > 2)``: the largest Neural Cleanse anomaly index over the layers, on the low side of 1 / statistic (sigma
+for ``1/sigma``, as ``CEPA(inference="mad")``), above 2; printed as p 0 or 1).
+``consensus`` is CEPA's default (||mu|| / sigma) and is checked against the run's own verdict.
 Prints one line per victim (p -> target, true target's best rank over the layers) and the fraction per group
 (attacked: detected with the right target; clean: flagged).
 """
@@ -23,6 +26,8 @@ import numpy as np
 
 from art_backdoor_ext.functional.bootstrap_calibration import calibrated_max_statistic_pvalue
 from art_backdoor_ext.functional.cepa_math import sidak_correction
+from art_backdoor_ext.functional.layer_pooling import joint_layer_pvalue
+from art_backdoor_ext.functional.robust import mad_anomaly_index
 
 GROUPS = ("patch", "blend", "warp", "chessboard", "clean")
 STATISTICS = {
@@ -32,6 +37,9 @@ STATISTICS = {
     "consensus x amplification": lambda s: s["mu_norm"] ** 2 / (s["sigma"] * s["delta_norm"]),
     "1/sigma": lambda s: 1.0 / s["sigma"],
     "1/|delta|": lambda s: 1.0 / s["delta_norm"],
+    "1/sigma (joint layers)": lambda s: 1.0 / s["sigma"],
+    "1/sigma (MAD > 2)": lambda s: 1.0 / s["sigma"],
+    "consensus ||mu||/sigma (joint layers)": lambda s: s["mu_norm"] / s["sigma"],
 }
 
 
@@ -43,17 +51,29 @@ def load(run_dir: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
     return report["tables"]["victims"], arrays
 
 
-def decide(values_by_layer: dict[str, np.ndarray], seed: int) -> tuple[float, int, dict[str, int]]:
-    """(Sidak-corrected p, target of the most extreme layer, per-layer ranking of every target: 1 = largest)."""
+def _floored(values: np.ndarray) -> np.ndarray:
+    values = np.where(np.isfinite(values) & (values > 0), values, np.nan)
+    return np.nan_to_num(values, nan=0.5 * np.nanmin(values))
+
+
+def decide(values_by_layer: dict[str, np.ndarray], seed: int, joint: bool = False, mad: bool = False
+           ) -> tuple[float, int, dict]:
+    """(Sidak-corrected p, target of the most extreme layer, per-layer ranking of every target: 1 = largest);
+    ``joint``: the layers tested together instead (``layer_pooling="joint"``)."""
+    ranks = {layer: np.argsort(np.argsort(-_floored(v))) + 1 for layer, v in values_by_layer.items()}
+    if mad:  # CEPA(inference="mad"): the largest anomaly index over the layers, reported as 0 (above 2) or 1
+        best = max((float(np.max(a)), int(np.argmax(a))) for a in
+                   (mad_anomaly_index(1.0 / _floored(v), side="low") for v in values_by_layer.values()))
+        return (0.0 if best[0] > 2.0 else 1.0), best[1], ranks
+    if joint:
+        p, row, _ = joint_layer_pvalue(np.stack([_floored(v) for v in values_by_layer.values()]), n_bootstrap=199,
+                                       random_state=seed)
+        return p, int(row), ranks
     tests = []
-    ranks = {}
-    for layer, values in values_by_layer.items():
-        values = np.where(np.isfinite(values) & (values > 0), values, np.nan)
-        floor = 0.5 * np.nanmin(values)
-        values = np.nan_to_num(values, nan=floor)
+    for values in values_by_layer.values():
+        values = _floored(values)
         p, row, raw = calibrated_max_statistic_pvalue(values, n_bootstrap=199, random_state=seed)
         tests.append((p, raw, row))
-        ranks[layer] = np.argsort(np.argsort(-values)) + 1
     p, _, row = min(tests)
     return sidak_correction(p, len(tests)), int(row), ranks
 
@@ -69,14 +89,16 @@ def main(run_dirs: list[str]) -> None:
             for name, statistic in STATISTICS.items():
                 stats = {layer: statistic({n: arrays[f"{group}/{seed}/{layer}/{n}"]
                                            for n in ("mu_norm", "sigma", "delta_norm")}) for layer in layers}
-                p, found, ranks = decide(stats, seed)
+                p, found, ranks = decide(stats, seed, joint=name.endswith("(joint layers)"),
+                                         mad=name.endswith("(MAD > 2)"))
                 detected = p < 0.05
                 right = detected if target is None else bool(detected and found == target)
                 verdicts[name][group].append(right)
-                if name.startswith("consensus ||") and (detected != v["detected"] or found != v["found_target"]):
+                if name == "consensus ||mu||/sigma" and (detected != v["detected"] or found != v["found_target"]):
                     raise SystemExit(f"{group} {seed}: the default does not reproduce the run's verdict")
                 best = "-" if target is None else min(int(r[target]) for r in ranks.values())
-                line.append(f"{name.split()[0]} {p:.2g}->{found} #{best}")
+                tag = "(j)" if "joint" in name else "(mad)" if "MAD" in name else ""
+                line.append(f"{name.split()[0]}{tag} {p:.2g}->{found} #{best}")
             print(" | ".join(line))
     print("\n| statistic | " + " | ".join(GROUPS) + " |")
     print("|---|" + "---|" * len(GROUPS))
