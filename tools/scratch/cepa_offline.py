@@ -1,6 +1,7 @@
 """Re-decide CEPA scans offline with other per-target statistics (no optimisation), from saved ``bench cepa`` runs.
 
-Usage: ``.venv/bin/python tools/scratch/cepa_offline.py RUN_DIR [RUN_DIR ...]``
+Usage: ``.venv/bin/python tools/scratch/cepa_offline.py [--sigma] RUN_DIR [RUN_DIR ...]`` (``--sigma``: only the
+default and the sigma statistic, Sidak and joint: a quarter of the time)
 
 Each RUN_DIR holds ``cepa-<profile>.json`` and ``cepa-<profile>-arrays.npz`` (written by
 ``art-backdoor-ext bench cepa ... --output RUN_DIR`` since 2026-12-02: every victim's all-to-one statistics per
@@ -78,7 +79,10 @@ def decide(values_by_layer: dict[str, np.ndarray], seed: int, joint: bool = Fals
     return sidak_correction(p, len(tests)), int(row), ranks
 
 
-def main(run_dirs: list[str]) -> None:
+SIGMA_ONLY = ("consensus ||mu||/sigma", "1/sigma", "1/sigma (joint layers)", "consensus ||mu||/sigma (joint layers)")
+
+
+def main(run_dirs: list[str], names: tuple[str, ...] = tuple(STATISTICS)) -> None:
     verdicts: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for run_dir in run_dirs:
         victims, arrays = load(Path(run_dir))
@@ -86,7 +90,7 @@ def main(run_dirs: list[str]) -> None:
             group, seed, target = v["group"], v["seed"], v["target"]
             layers = sorted({k.split("/")[2] for k in arrays if k.startswith(f"{group}/{seed}/")})
             line = [f"{group} {seed} (target {target})"]
-            for name, statistic in STATISTICS.items():
+            for name, statistic in ((n, STATISTICS[n]) for n in names):
                 stats = {layer: statistic({n: arrays[f"{group}/{seed}/{layer}/{n}"]
                                            for n in ("mu_norm", "sigma", "delta_norm")}) for layer in layers}
                 p, found, ranks = decide(stats, seed, joint=name.endswith("(joint layers)"),
@@ -111,4 +115,8 @@ def main(run_dirs: list[str]) -> None:
 if __name__ == "__main__":
     if not sys.argv[1:]:
         raise SystemExit(__doc__)
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    if args[0] == "--sigma":
+        main(args[1:], SIGMA_ONLY)
+    else:
+        main(args)
