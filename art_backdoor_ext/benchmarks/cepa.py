@@ -52,7 +52,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 GROUPS = ("patch", "blend", "warp", "chessboard", "clean")
 #: Other decisions computed from every scan's statistics, without optimising again: (label, statistic, inference).
-ALTERNATIVES = (("sigma, p-value", "sigma", "p-value"), ("sigma, MAD > 2", "sigma", "mad"),
+ALTERNATIVES = (("sigma, p-value", "sigma", "p-value"), ("sigma/||mu|| (paper), p-value", "consensus", "p-value"),
+                ("sigma, MAD > 2", "sigma", "mad"),
                 ("||mu||, p-value", "norm", "p-value"), ("sigma/||mu||, MAD > 2", "consensus", "mad"),
                 ("||mu||, MAD > 2", "norm", "mad"))
 #: The per-target statistics of every victim kept in the report's arrays ("group/seed/layer/name").
@@ -270,7 +271,8 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
         "joint layers: the decision of layer_pooling='joint' (report.joint, the all-to-one layers tested together) "
         "from the same scan; the other columns are the default's (each layer on its own, Sidak over the layers)",
         "sigma / ||mu|| / MAD columns: the same scans decided with CEPA(statistic='sigma') (the spread about mu "
-        "alone, the paper's first condition), with statistic='norm' (its Fig. 2 and 4 statistic) and with "
+        "alone, the paper's first condition; the default since 2026-12-02), statistic='consensus' (the paper's "
+        "sigma / ||mu||), statistic='norm' (its Fig. 2 and 4 statistic) and with "
         "inference='mad' (anomaly index > 2, as Neural Cleanse), each layer on its own; the "
         "per-target statistics of every victim are in the arrays file (group/seed/layer/name)",
         "paper anchor (CIFAR-10 ResNet-18, Table 1): Eq.1 ASR 92/93/97/91%, Eq.3 ASR 91/89/81/93% for "

@@ -36,7 +36,7 @@ def clean_set(digits):
 
 @pytest.fixture(scope="module")
 def detector(warp_victim):
-    return CEPA(warp_victim.classifier, variant="all-to-one", max_iter=100)
+    return CEPA(warp_victim.classifier, variant="all-to-one", max_iter=100, statistic="consensus")  # the paper's
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,8 @@ def test_joint_layer_pooling_decides_with_one_test(detector, report, clean_set, 
     joint = report.joint
     assert joint is not None and joint["pooled_layers"] == report.layers and joint["target"] == 0
     assert joint["layer"] in report.layers and round(joint["p_value"] * 200) == pytest.approx(joint["p_value"] * 200)
-    pooled = CEPA(detector.classifier, variant="all-to-one", max_iter=100, layer_pooling="joint")
+    pooled = CEPA(detector.classifier, variant="all-to-one", max_iter=100, layer_pooling="joint",
+                  statistic="consensus")
     results = detector.optimise(*clean_set)
     monkeypatch.setattr(pooled, "optimise", lambda x, y, layers: results)  # the same optimisation, re-decided
     decided = pooled.scan(*clean_set)
@@ -234,7 +235,8 @@ def test_sigma_statistic_tests_the_spread_about_mu_alone(detector, clean_set, mo
     from art_backdoor_ext.functional.bootstrap_calibration import calibrated_max_statistic_pvalue
 
     results = detector.optimise(*clean_set)
-    by_sigma = CEPA(detector.classifier, variant="all-to-one", max_iter=100, statistic="sigma")
+    by_sigma = CEPA(detector.classifier, variant="all-to-one", max_iter=100)
+    assert by_sigma.statistic == "sigma"  # the default since 2026-12-02
     monkeypatch.setattr(by_sigma, "optimise", lambda x, y, layers: results)  # the same optimisation, re-decided
     decided = by_sigma.scan(*clean_set)
     per_layer = results["all-to-one"][1]
