@@ -33,9 +33,8 @@ from art_backdoor_ext.attacks import triggers
 from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark, seeded_victim_setup
 from art_backdoor_ext.datasets import load_dataset
 from art_backdoor_ext.defences.model.cepa import CEPA
-from art_backdoor_ext.defences.model.cepa_inference import layer_test
+from art_backdoor_ext.defences.model.cepa_inference import decide, layer_test
 from art_backdoor_ext.defences.model.perturbation import Problems
-from art_backdoor_ext.functional.cepa_math import sidak_correction
 from art_backdoor_ext.training import fit_classifier, train_victim
 
 logger = logging.getLogger(__name__)
@@ -158,13 +157,8 @@ def _alternatives(det: CEPA, report: Any) -> dict[str, tuple[bool, int]]:
                                         "layer_pooling": "sidak"})
         tests = [layer_test(other, "all-to-one", layer, problems, report.statistics["all-to-one"][layer], k)
                  for layer in report.layers]
-        if inference == "p-value":
-            best = min(tests, key=lambda t: t["p_value"])
-            detected = sidak_correction(best["p_value"], len(tests)) < other.significance
-        else:
-            best = max(tests, key=lambda t: np.nan_to_num(t["anomaly_index"], nan=-np.inf))
-            detected = bool(best["anomaly_index"] > other.anomaly_threshold)
-        out[label] = (bool(detected), int(best["target"]))
+        best, _, detected = decide(other, tests)
+        out[label] = (detected, int(tests[best]["target"]))
     return out
 
 

@@ -74,7 +74,7 @@ from art_backdoor_ext._torch import (
 )
 from art_backdoor_ext._validation import Instance, Interval, Options, check_images
 from art_backdoor_ext.defences.base import ModelScanner
-from art_backdoor_ext.defences.model.cepa_inference import joint_test, layer_test
+from art_backdoor_ext.defences.model.cepa_inference import decide, joint_test, layer_test
 from art_backdoor_ext.defences.model.cepa_layers import candidate_layers
 from art_backdoor_ext.defences.model.cepa_report import CEPAReport
 from art_backdoor_ext.defences.model.perturbation import Problems, SampleWiseShift, pair_problems, target_problems
@@ -273,16 +273,8 @@ class CEPA(ModelScanner):
         decisive = tests
         if self.layer_pooling == "joint" and joint is not None:
             decisive = [t for t in tests if t["variant"] != "all-to-one"] + [joint]
-        m = len(decisive)
-        if self.inference == "p-value":
-            best = min(range(m), key=lambda i: (decisive[i]["p_value"], decisive[i]["p_value_uncalibrated"],
-                                                -_finite(decisive[i]["anomaly_index"])))
-        else:
-            best = max(range(m), key=lambda i: (_finite(decisive[i]["anomaly_index"]), -decisive[i]["p_value"]))
+        best, p_value, detected = decide(self, decisive)
         chosen = decisive[best]
-        p_value = sidak_correction(chosen["p_value"], m)
-        detected = (p_value < self.significance if self.inference == "p-value"
-                    else chosen["anomaly_index"] > self.anomaly_threshold)
         problems, per_layer = results[chosen["variant"]]
         row = chosen["problem"]
         for t in tests:
@@ -561,11 +553,6 @@ class CEPA(ModelScanner):
                     param.project(params, xb, (low, high))
                 out.append(params[0][0].detach().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
-
-
-def _finite(value: float) -> float:
-    """NaN sorts below every number."""
-    return -np.inf if np.isnan(value) else float(value)
 
 
 def _arrange(problems: Problems, values: np.ndarray, k: int, kind: str) -> np.ndarray:

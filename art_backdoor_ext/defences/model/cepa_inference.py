@@ -14,7 +14,7 @@ import numpy as np
 
 from art_backdoor_ext.exceptions import DataError
 from art_backdoor_ext.functional.bootstrap_calibration import calibrated_max_statistic_pvalue
-from art_backdoor_ext.functional.cepa_math import max_statistic_pvalue
+from art_backdoor_ext.functional.cepa_math import max_statistic_pvalue, sidak_correction
 from art_backdoor_ext.functional.layer_pooling import joint_layer_pvalue
 from art_backdoor_ext.functional.robust import mad_anomaly_index, order_statistic_pvalue
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from art_backdoor_ext.defences.model.cepa import CEPA
     from art_backdoor_ext.defences.model.perturbation import Problems
 
-__all__ = ["evidence", "layer_test", "joint_test"]
+__all__ = ["decide", "evidence", "layer_test", "joint_test"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,3 +110,25 @@ def joint_test(det: CEPA, problems: Problems, per_layer: Mapping[str, Mapping[st
     return {"variant": "all-to-one", "layer": layer, "pooled_layers": list(layers), "p_value": p_value,
             "p_value_uncalibrated": p_value, "anomaly_index": float(ai[row]), "source": None, "target": target,
             "problem": row, "anomaly_indices": ai}
+
+
+def decide(det: CEPA, tests: Sequence[Mapping[str, Any]]) -> tuple[int, float, bool]:
+    """CEPA's decision over its m tests (Section 3.1: the most extreme one): ``(index of the chosen test, its
+    Sidak-corrected p-value 1 - (1 - p)^m, detected)``. ``inference="p-value"`` takes the smallest p-value (ties:
+    the smaller uncalibrated one, then the larger anomaly index) and detects below ``significance``;
+    ``inference="mad"`` takes the largest anomaly index and detects above ``anomaly_threshold``."""
+    m = len(tests)
+    if det.inference == "p-value":
+        best = min(range(m), key=lambda i: (tests[i]["p_value"], tests[i]["p_value_uncalibrated"],
+                                            -_finite(tests[i]["anomaly_index"])))
+    else:
+        best = max(range(m), key=lambda i: (_finite(tests[i]["anomaly_index"]), -tests[i]["p_value"]))
+    p_value = sidak_correction(tests[best]["p_value"], m)
+    detected = (p_value < det.significance if det.inference == "p-value"
+                else tests[best]["anomaly_index"] > det.anomaly_threshold)
+    return best, float(p_value), bool(detected)
+
+
+def _finite(value: float) -> float:
+    """NaN sorts below every number."""
+    return -np.inf if np.isnan(value) else float(value)
