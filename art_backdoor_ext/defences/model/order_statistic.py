@@ -307,9 +307,11 @@ class OrderStatisticDetector(ModelScanner):
             e.g. ``{"paper": {"statistic": "size", "null": "reciprocal"}, "L1": {"norm": "l1"}}``.
         :return: name -> report. Each report's ``seconds`` is the shared optimisation's time plus its own
             inference's.
-        :raises InvalidParameterError: an override outside :data:`INFERENCE_PARAMETERS` (it would change the
-            perturbations: use another detector) or an invalid value.
+        :raises InvalidParameterError: no variant, an override outside :data:`INFERENCE_PARAMETERS` (it would change
+            the perturbations: use another detector) or an invalid value; checked before any optimisation.
         """
+        if not variants:
+            raise InvalidParameterError("variants is empty: pass at least one name -> overrides (e.g. {'default': {}})")
         detectors = {}
         for name, overrides in variants.items():
             engine_params = sorted(set(overrides) - set(INFERENCE_PARAMETERS))

@@ -171,6 +171,8 @@ def test_scan_variants_decide_like_separate_scans_from_one_optimisation(badnets_
         det.scan_variants(x, y, {"x": {"layer": "auto"}})
     with pytest.raises(InvalidParameterError, match="norm"):
         det.scan_variants(x, y, {"x": {"norm": "l3"}})
+    with pytest.raises(InvalidParameterError, match="variants is empty"):
+        det.scan_variants(x, y, {})
 
 
 def test_bad_input(badnets_victim, clean_set):
