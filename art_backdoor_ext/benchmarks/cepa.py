@@ -56,7 +56,7 @@ ALTERNATIVES = (("sigma, p-value", "sigma", "p-value"), ("sigma/||mu|| (paper), 
                 ("||mu||, p-value", "norm", "p-value"), ("sigma/||mu||, MAD > 2", "consensus", "mad"),
                 ("||mu||, MAD > 2", "norm", "mad"))
 #: The per-target statistics of every victim kept in the report's arrays ("group/seed/layer/name").
-SAVED_STATISTICS = ("ratio", "mu_norm", "sigma", "misclassification", "delta_norm")
+SAVED_STATISTICS = ("ratio", "mu_norm", "sigma", "misclassification", "delta_norm", "landing_sigma", "class_sigma")
 
 
 def _trigger(group: str, seed: int, cfg: dict[str, Any]) -> triggers.Trigger:

@@ -319,7 +319,7 @@ class CEPA(ModelScanner):
         :param variants: Subset of ``("pairs", "all-to-one")`` (default: from ``variant``).
         :param problems: Explicit problems per variant (default: all pairs / all targets).
         :return: ``{variant: (problems, {layer: {"mu": (P, D), "sigma", "mu_norm", "ratio", "misclassification",
-            "reached", "iterations", "delta_norm", "lam": (P,)}})}``.
+            "reached", "iterations", "delta_norm", "lam", "landing_sigma", "class_sigma": (P,)}})}``.
         """
         x, y = self._check_clean_set(x, y)
         layers = list(self._resolved_layers() if layers is None else layers)
@@ -341,7 +341,7 @@ class CEPA(ModelScanner):
                 else:
                     probs = target_problems(y, k, max_samples=self.max_samples_per_target,
                                             random_state=self.random_state)
-                out[kind] = (probs, self._run(model, x_t, f0, probs, groups, layers))
+                out[kind] = (probs, self._run(model, x_t, f0, probs, groups, layers, y, k))
         return out
 
     def _clean_features(self, model: nn.Module, x_t: torch.Tensor, layers: Sequence[str]
@@ -364,9 +364,11 @@ class CEPA(ModelScanner):
             return tuple(raw[layer].shape[1:])
 
     def _run(self, model: nn.Module, x_t: torch.Tensor, f0: dict[str, torch.Tensor], problems: Problems,
-             groups: list[list[str]], layers: list[str]) -> dict[str, dict[str, np.ndarray]]:
+             groups: list[list[str]], layers: list[str], y: np.ndarray, k: int) -> dict[str, dict[str, np.ndarray]]:
         """Optimise every (problem, layer group) copy, in chunks of at most ``batch_size`` images."""
         n_max = problems.indices.shape[1]
+        class_sigma = {layer: _class_spreads(f0[layer], y, k)
+                       for layer in layers}
         copies = [(p, g) for p in range(len(problems)) for g in range(len(groups))]
         per_chunk = max(1, self._batch_images // max(1, n_max))
         chunks = [copies[i:i + per_chunk] for i in range(0, len(copies), per_chunk)]
@@ -381,11 +383,12 @@ class CEPA(ModelScanner):
             entry = {name: np.stack([part["per_copy"][name][pos] for part, pos, _ in picks])
                      for name in parts[0]["per_copy"]}
             entry.update({name: np.stack([part["per_layer"][name][layer][pos] for part, pos, _ in picks])
-                          for name in ("mu", "sigma", "mu_norm")})
+                          for name in ("mu", "sigma", "mu_norm", "landing_sigma")})
             entry["reached"] = entry["reached"].astype(bool)
             entry["iterations"] = entry["iterations"].astype(int)
             with np.errstate(divide="ignore", invalid="ignore"):
                 entry["ratio"] = np.where(entry["mu_norm"] > 0, entry["sigma"] / entry["mu_norm"], np.inf)
+            entry["class_sigma"] = class_sigma[layer][problems.targets]
             result[layer] = entry
         return result
 
@@ -420,7 +423,9 @@ class CEPA(ModelScanner):
         snap_delta = torch.zeros_like(params[0], requires_grad=False)
         snap_layer = {"mu": {layer: torch.zeros((a, f0[layer].shape[1]), device=device) for layer in chunk_layers},
                       "sigma": {layer: torch.full((a,), float("nan"), device=device) for layer in chunk_layers},
-                      "mu_norm": {layer: torch.full((a,), float("nan"), device=device) for layer in chunk_layers}}
+                      "mu_norm": {layer: torch.full((a,), float("nan"), device=device) for layer in chunk_layers},
+                      "landing_sigma": {layer: torch.full((a,), float("nan"), device=device)
+                                        for layer in chunk_layers}}
         for it in range(self.max_iter + 1):
             act = np.flatnonzero(active)
             if len(act) == 0:
@@ -451,7 +456,8 @@ class CEPA(ModelScanner):
                 mu = ((shift * wl[..., None]).sum(1) / cl[:, None]).detach()  # Eq. 2 for the current deltas
                 var = ((shift - mu[:, None]).pow(2).sum(-1) * wl).sum(1) / cl
                 penalty = penalty.index_add(0, pos, var)
-                now[layer] = (r, mu, var.detach().sqrt(), mu.norm(dim=1))
+                landing = _spread(shift.detach() + f0g[layer][keep], wl, cl)  # spread of f(x + delta)
+                now[layer] = (r, mu, var.detach().sqrt(), mu.norm(dim=1), landing)
 
             reached = rate >= self.target_misclassification
             ever[act] |= reached
@@ -465,11 +471,12 @@ class CEPA(ModelScanner):
                 snap_delta[rows_t] = delta.detach()[rec_t]
                 rec_full = torch.zeros(a, dtype=torch.bool, device=device)
                 rec_full[rows_t] = True
-                for layer, (r, mu, sigma, mu_norm) in now.items():
+                for layer, (r, mu, sigma, mu_norm, landing) in now.items():
                     take = rec_full[r]
                     snap_layer["mu"][layer][r[take]] = mu[take]
                     snap_layer["sigma"][layer][r[take]] = sigma[take]
                     snap_layer["mu_norm"][layer][r[take]] = mu_norm[take]
+                    snap_layer["landing_sigma"][layer][r[take]] = landing[take]
 
             best[act], stall[act], stop = update_norm_plateau(best[act], stall[act], dnorm, reached,
                                                               patience=self.stop_patience)
@@ -553,6 +560,23 @@ class CEPA(ModelScanner):
                     param.project(params, xb, (low, high))
                 out.append(params[0][0].detach().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
+
+
+def _spread(features: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Root mean squared distance of each copy's (weighted) features (A, n, D) to their mean: (A,)."""
+    mean = (features * weights[..., None]).sum(1) / counts[:, None]
+    return ((((features - mean[:, None]).pow(2).sum(-1) * weights).sum(1) / counts).sqrt())
+
+
+def _class_spreads(features: torch.Tensor, labels: np.ndarray, k: int) -> np.ndarray:
+    """Root mean squared distance of each class's clean features (N, D) to the class mean: (k,), NaN if absent."""
+    out = np.full(k, np.nan)
+    for c in range(k):
+        rows = torch.as_tensor(np.flatnonzero(labels == c), device=features.device)
+        if len(rows):
+            part = features[rows]
+            out[c] = float((part - part.mean(0)).pow(2).sum(-1).mean().sqrt())
+    return out
 
 
 def _arrange(problems: Problems, values: np.ndarray, k: int, kind: str) -> np.ndarray:

@@ -30,7 +30,9 @@ class CEPAReport:
         (the ASR of the Eq. 1 perturbations on the clean set).
     :ivar statistics: ``statistics[variant][layer]`` -> dict of arrays: ``ratio`` (sigma / ||mu||), ``mu_norm``,
         ``sigma``, ``misclassification``, ``reached``, ``iterations``, ``delta_norm`` (mean L2 norm of the deltas),
-        ``lam`` (final lambda), ``anomaly_index``; (K, K) matrices (row source, column target, NaN diagonal) for
+        ``lam`` (final lambda), ``anomaly_index``, and two diagnostics: ``landing_sigma`` (spread of the perturbed
+        features f(x + delta) about their mean) and ``class_sigma`` (spread of the target class's clean features
+        about their mean); (K, K) matrices (row source, column target, NaN diagonal) for
         ``"pairs"``, (K,) vectors for ``"all-to-one"``.
     :ivar tests: one dict per (variant, layer): ``p_value`` (not Sidak-corrected), ``p_value_uncalibrated`` (before
         the bootstrap calibration), ``anomaly_index``, ``source``,
