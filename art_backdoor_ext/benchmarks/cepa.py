@@ -33,8 +33,6 @@ from art_backdoor_ext.attacks import triggers
 from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark, seeded_victim_setup
 from art_backdoor_ext.datasets import load_dataset
 from art_backdoor_ext.defences.model.cepa import CEPA
-from art_backdoor_ext.defences.model.cepa_inference import decide, layer_test
-from art_backdoor_ext.defences.model.perturbation import Problems
 from art_backdoor_ext.training import fit_classifier, train_victim
 
 logger = logging.getLogger(__name__)
@@ -113,7 +111,8 @@ def _premise(det: CEPA, report: Any, group: str, seed: int, cfg: dict[str, Any],
     images, per layer, over the median of the Eq. 1 statistics of the putative targets at that layer; the most
     favourable layer is kept. Well below 1: the true trigger is an outlier Eq. 1 could reach, so a miss is the
     optimisation's or the inference's; above 1: inconclusive (Eq. 1 may find another consensual route into the
-    backdoor)."""
+    backdoor). The ratio is used whatever the detector's statistic: it does not depend on the trigger's strength,
+    where sigma and ||mu|| grow with it (a strong trigger moves the features further than Eq. 1 needs to)."""
     if target is None:
         return {"GT ratio (best layer)": None, "GT ratio / Eq.1 median": None, "premise layer": None}
     xs = x[y != target]
@@ -144,22 +143,12 @@ def _per_layer(report: Any, target: int | None) -> str:
     return "; ".join(parts)
 
 
-def _alternatives(det: CEPA, report: Any) -> dict[str, tuple[bool, int]]:
-    """(detected, target) of each of :data:`ALTERNATIVES`, decided from ``report``'s all-to-one statistics as
-    :meth:`CEPA.scan` would decide with that statistic and inference (each layer on its own; p-value: bootstrap-
-    calibrated and Sidak-corrected over the layers; MAD: the largest anomaly index over the layers against the
-    detector's threshold)."""
-    k = len(report.statistics["all-to-one"][report.layers[0]]["ratio"])
-    problems = Problems(np.zeros((k, 1), dtype=np.int64), np.arange(k), np.full(k, -1))
-    out = {}
-    for label, statistic, inference in ALTERNATIVES:
-        other = CEPA(det.classifier, **{**det.get_params(), "statistic": statistic, "inference": inference,
-                                        "layer_pooling": "sidak"})
-        tests = [layer_test(other, "all-to-one", layer, problems, report.statistics["all-to-one"][layer], k)
-                 for layer in report.layers]
-        best, _, detected = decide(other, tests)
-        out[label] = (detected, int(tests[best]["target"]))
-    return out
+def _variants() -> dict[str, dict[str, Any]]:
+    """The detector's own decision (``"default"``) and each of :data:`ALTERNATIVES`, as
+    :meth:`CEPA.scan_variants` overrides (each layer on its own: p-value bootstrap-calibrated and Sidak-corrected
+    over the layers; MAD: the largest anomaly index over the layers against the detector's threshold)."""
+    return {"default": {}, **{label: {"statistic": statistic, "inference": inference, "layer_pooling": "sidak"}
+                              for label, statistic, inference in ALTERNATIVES}}
 
 
 def _draw(figures: dict[str, Any], group: str, report: Any, target: int | None, x_new: np.ndarray,
@@ -195,7 +184,8 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
             clean_idx, rest_idx = _split(data.y_test, cfg["per_class"], seed)
             x, y = data.x_test[clean_idx], data.y_test[clean_idx]
             det = CEPA(clf, variant=cfg["variant"], max_iter=cfg["max_iter"], random_state=seed, verbose=verbose)
-            report = det.scan(x, y)
+            reports: dict[str, Any] = det.scan_variants(x, y, _variants())
+            report = reports["default"]
             pool = rest_idx[data.y_test[rest_idx] != report.target]
             pick = np.random.default_rng(seed).choice(pool, size=min(cfg["eq3_samples"], len(pool)), replace=False)
             x_new = data.x_test[pick]
@@ -206,7 +196,7 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
             joint_detected = bool(joint["p_value"] < det.significance)
             joint_found = bool(joint_detected and joint["target"] == target) if target is not None else None
             premise = _premise(det, report, group, seed, cfg, x, y, target)
-            others = _alternatives(det, report)
+            others = {label: (reports[label].detected, reports[label].target) for label, _, _ in ALTERNATIVES}
             for layer in report.layers:
                 for name in SAVED_STATISTICS:
                     arrays[f"{group}/{seed}/{layer}/{name}"] = report.statistics["all-to-one"][layer][name]

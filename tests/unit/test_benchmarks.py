@@ -290,35 +290,43 @@ def test_cepa_per_layer_column_ranks_the_true_target_by_the_detection_statistic(
     assert _per_layer(calibrated, 1) == "a: p 0.05 (uncalibrated 0.0012) -> 1 (true #1)"
 
 
-def test_cepa_alternative_decisions_come_from_the_scan_statistics(fresh_classifier):
-    from types import SimpleNamespace
-
-    from art_backdoor_ext.benchmarks.cepa import ALTERNATIVES, _alternatives
+def test_cepa_alternative_decisions_come_from_the_scan_statistics(fresh_classifier, monkeypatch):
+    from art_backdoor_ext.benchmarks.cepa import ALTERNATIVES, _variants
     from art_backdoor_ext.defences.model.cepa import CEPA
+    from art_backdoor_ext.defences.model.perturbation import Problems
 
     det = CEPA(fresh_classifier, layers=["relu1", "relu2"], random_state=0)
     rng = np.random.default_rng(0)
+    problems = Problems(np.zeros((10, 1), dtype=np.int64), np.arange(10), np.full(10, -1))
+    width = {name: int(np.prod(det._output_shape(name))) for name in ("relu1", "relu2")}
 
-    def layer(mu_norm, sigma):
-        return {"mu_norm": mu_norm, "sigma": sigma, "ratio": sigma / mu_norm}
+    def layer(name, mu_norm, sigma):
+        return {"mu": np.zeros((10, width[name])), "mu_norm": mu_norm, "sigma": sigma, "ratio": sigma / mu_norm,
+                "misclassification": np.ones(10)}
 
+    def decisions(stats):
+        monkeypatch.setattr(CEPA, "optimise", lambda self, x, y, layers=None: {"all-to-one": (problems, stats)})
+        reports = det.scan_variants(np.zeros((1, 1, 8, 8), np.float32), np.zeros(1, np.int64), _variants())
+        return {label: (r.detected, r.target) for label, r in reports.items()}
+
+    monkeypatch.setattr(CEPA, "_check_clean_set", lambda self, x, y: (x, y))
     flat_sigma = rng.uniform(0.9, 1.1, 10)
     # relu1: target 3 has a far larger ||mu|| and a sigma that grows with it (an ordinary sigma/||mu||);
     # relu2: nothing stands out
     big = rng.uniform(0.9, 1.1, 10)
     big[3] = 40.0
-    stats = {"relu1": layer(big, flat_sigma * big), "relu2": layer(rng.uniform(0.9, 1.1, 10), flat_sigma)}
-    report = SimpleNamespace(layers=["relu1", "relu2"], statistics={"all-to-one": stats})
-    out = _alternatives(det, report)
-    assert list(out) == [label for label, _, _ in ALTERNATIVES]
+    out = decisions({"relu1": layer("relu1", big, flat_sigma * big),
+                     "relu2": layer("relu2", rng.uniform(0.9, 1.1, 10), flat_sigma)})
+    assert list(out) == ["default"] + [label for label, _, _ in ALTERNATIVES]
     assert out["||mu||, p-value"] == (True, 3) and out["||mu||, MAD > 2"] == (True, 3)
     assert out["sigma/||mu||, MAD > 2"][0] is False  # the ratio is flat at both layers
     assert out["sigma, p-value"][0] is False  # target 3's sigma is the largest, not the smallest
+    assert out["default"] == out["sigma, p-value"]  # the default statistic is sigma, each layer on its own
     # a consensual outlier (small sigma/||mu||) at relu2 only: the MAD rule on the ratio finds it, the norm does not
     tight = rng.uniform(0.9, 1.1, 10)
     tight[7] = 0.02
-    stats = {"relu1": layer(rng.uniform(0.9, 1.1, 10), flat_sigma), "relu2": layer(np.ones(10), tight)}
-    out = _alternatives(det, SimpleNamespace(layers=["relu1", "relu2"], statistics={"all-to-one": stats}))
+    out = decisions({"relu1": layer("relu1", rng.uniform(0.9, 1.1, 10), flat_sigma),
+                     "relu2": layer("relu2", np.ones(10), tight)})
     assert out["sigma/||mu||, MAD > 2"] == (True, 7) and out["sigma, p-value"] == (True, 7)
     assert out["||mu||, p-value"][0] is False and out["||mu||, MAD > 2"][0] is False
 

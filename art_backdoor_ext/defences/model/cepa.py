@@ -72,24 +72,29 @@ from art_backdoor_ext._torch import (
     scan_model,
     to_tensor,
 )
-from art_backdoor_ext._validation import Instance, Interval, Options, check_images
+from art_backdoor_ext._validation import Instance, Interval, Options
 from art_backdoor_ext.defences.base import ModelScanner
 from art_backdoor_ext.defences.model.cepa_inference import decide, joint_test, layer_test
 from art_backdoor_ext.defences.model.cepa_layers import candidate_layers
 from art_backdoor_ext.defences.model.cepa_report import CEPAReport
+from art_backdoor_ext.defences.model.cepa_spreads import class_spreads, feature_spread
+from art_backdoor_ext.defences.model.cepa_trigger import estimate_trigger
 from art_backdoor_ext.defences.model.perturbation import Problems, SampleWiseShift, pair_problems, target_problems
-from art_backdoor_ext.exceptions import DataError, InvalidParameterError
+from art_backdoor_ext.exceptions import InvalidParameterError
 from art_backdoor_ext.functional.cepa_math import (
     sidak_correction,
     update_norm_plateau,
     update_penalty_weight,
 )
 
-__all__ = ["CEPA", "CEPAReport", "candidate_layers"]
+__all__ = ["CEPA", "CEPAReport", "INFERENCE_PARAMETERS", "candidate_layers"]
 
 logger = logging.getLogger(__name__)
 
 VARIANTS = {"pairs": ("pairs",), "all-to-one": ("all-to-one",), "both": ("pairs", "all-to-one")}
+#: The parameters that only decide (they do not change the perturbations): :meth:`CEPA.scan_variants` varies them.
+INFERENCE_PARAMETERS = ("significance", "statistic", "inference", "anomaly_threshold", "calibration", "n_bootstrap",
+                        "layer_pooling")
 LAMBDA_PATIENCE = 5
 LAMBDA_FACTOR = 1.5
 
@@ -251,11 +256,47 @@ class CEPA(ModelScanner):
         return SampleWiseShift(self.learning_rate * (high - low))
 
     # ------------------------------------------------------------------------------------------------ scan
-    def _scan(self, x: np.ndarray, y: np.ndarray) -> CEPAReport:
+    def scan_variants(self, x_clean: np.ndarray, y_clean: np.ndarray,
+                      variants: Mapping[str, Mapping[str, Any]]) -> dict[str, CEPAReport]:
+        """One optimisation, several decisions: the reports :meth:`scan` would give for this detector with each
+        variant's parameters, from a single run of Eq. 1 (e.g. the paper's ratio beside the default sigma).
+
+        :param x_clean: Clean images, as for :meth:`scan`.
+        :param y_clean: Their integer labels, as for :meth:`scan`.
+        :param variants: name -> overrides of :data:`INFERENCE_PARAMETERS` (``{}``: this detector's own settings),
+            e.g. ``{"sigma": {}, "paper": {"statistic": "consensus"}, "mad": {"inference": "mad"}}``.
+        :return: name -> report. Each report's ``seconds`` is the shared optimisation's time plus its own
+            inference's.
+        :raises InvalidParameterError: no variant, an override outside :data:`INFERENCE_PARAMETERS` (it would change
+            the perturbations: use another detector) or an invalid value; checked before any optimisation.
+        """
+        if not variants:
+            raise InvalidParameterError("variants is empty: pass at least one name -> overrides (e.g. {'default': {}})")
+        detectors = {}
+        for name, overrides in variants.items():
+            engine_params = sorted(set(overrides) - set(INFERENCE_PARAMETERS))
+            if engine_params:
+                raise InvalidParameterError(
+                    f"variant {name!r} overrides {engine_params}, which change the optimisation; scan_variants may "
+                    f"only vary {list(INFERENCE_PARAMETERS)}")
+            detectors[name] = CEPA(self.classifier, **{**self.get_params(), **overrides})
+        x, y = self._check_clean_set(x_clean, y_clean)
         start = time.perf_counter()
-        k = int(self.classifier.nb_classes)
         layers = self._resolved_layers()
         results = self.optimise(x, y, layers)
+        shared = time.perf_counter() - start
+        return {name: det._report(results, layers, time.perf_counter() - shared) for name, det in detectors.items()}
+
+    def _scan(self, x: np.ndarray, y: np.ndarray) -> CEPAReport:
+        start = time.perf_counter()
+        layers = self._resolved_layers()
+        return self._report(self.optimise(x, y, layers), layers, start)
+
+    def _report(self, results: Mapping[str, tuple[Problems, dict[str, dict[str, np.ndarray]]]],
+                layers: list[str], start: float) -> CEPAReport:
+        """The report of a finished optimisation (:meth:`optimise`) under this detector's inference parameters;
+        ``seconds`` counts from ``start`` (``time.perf_counter()``)."""
+        k = int(self.classifier.nb_classes)
         statistics: dict[str, dict[str, dict[str, np.ndarray]]] = {}
         tests: list[dict[str, Any]] = []
         for kind, (problems, per_layer) in results.items():
@@ -291,7 +332,7 @@ class CEPA(ModelScanner):
             source=chosen["source"],
             variant=chosen["variant"],
             layer=chosen["layer"],
-            mu=per_layer[chosen["layer"]]["mu"][row].reshape(shape),
+            mu=per_layer[chosen["layer"]]["mu"][row].reshape(shape).copy(),
             misclassification=float(per_layer[chosen["layer"]]["misclassification"][row]),
             statistic=self.statistic,
             layers=layers,
@@ -367,7 +408,7 @@ class CEPA(ModelScanner):
              groups: list[list[str]], layers: list[str], y: np.ndarray, k: int) -> dict[str, dict[str, np.ndarray]]:
         """Optimise every (problem, layer group) copy, in chunks of at most ``batch_size`` images."""
         n_max = problems.indices.shape[1]
-        class_sigma = {layer: _class_spreads(f0[layer], y, k)
+        class_sigma = {layer: class_spreads(f0[layer], y, k)
                        for layer in layers}
         copies = [(p, g) for p in range(len(problems)) for g in range(len(groups))]
         per_chunk = max(1, self._batch_images // max(1, n_max))
@@ -456,7 +497,7 @@ class CEPA(ModelScanner):
                 mu = ((shift * wl[..., None]).sum(1) / cl[:, None]).detach()  # Eq. 2 for the current deltas
                 var = ((shift - mu[:, None]).pow(2).sum(-1) * wl).sum(1) / cl
                 penalty = penalty.index_add(0, pos, var)
-                landing = _spread(shift.detach() + f0g[layer][keep], wl, cl)  # spread of f(x + delta)
+                landing = feature_spread(shift.detach() + f0g[layer][keep], wl, cl)  # spread of f(x + delta)
                 now[layer] = (r, mu, var.detach().sqrt(), mu.norm(dim=1), landing)
 
             reached = rate >= self.target_misclassification
@@ -521,62 +562,7 @@ class CEPA(ModelScanner):
         :param max_iter: Gradient steps (default: ``self.max_iter``).
         :return: ``delta`` (N, C, H, W) float32; ``x + delta`` stays in ``clip_values``.
         """
-        x = check_images(x, name="x", input_shape=self.classifier.input_shape, clip_values=self.classifier.clip_values)
-        if isinstance(report, Mapping):
-            layer, mu_np = report.get("layer"), report.get("mu")
-        else:
-            layer, mu_np = getattr(report, "layer", None), getattr(report, "mu", None)
-        if not isinstance(layer, str) or mu_np is None:
-            raise DataError("report must be a CEPAReport (or its to_dict()) with 'layer' and 'mu'")
-        if not (isinstance(v, (int, float)) and v >= 0):
-            raise InvalidParameterError(f"v must be a number >= 0, got {v!r}")
-        iters = self.max_iter if max_iter is None else max_iter
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-            raise InvalidParameterError(f"max_iter must be an int >= 1, got {iters!r}")
-        resolve_layers(self.classifier.model, [layer])
-        model = self.classifier.model
-        device = classifier_device(self.classifier)
-        mu = torch.as_tensor(np.asarray(mu_np, dtype=np.float32), device=device).flatten()
-        low, high = self._value_range
-        out = []
-        with eval_mode(model), frozen(model):
-            for sl in batch_slices(len(x), self._batch_images):
-                xb = to_tensor(x[sl], device)
-                with torch.no_grad(), capture(model, [layer], flatten=True) as feats:
-                    model(preprocess(self.classifier, xb))
-                    goal = feats[layer] + mu if feats[layer].shape[1] == mu.numel() else None
-                if goal is None:
-                    raise DataError(f"report.mu has {mu.numel()} values but layer {layer!r} outputs "
-                                    f"{feats[layer].shape[1]} per sample; was the report made on this model?")
-                param = self._parametrisation()
-                params = param.init(1, tuple(xb.shape), device)
-                everything = torch.ones(1, dtype=torch.bool, device=device)
-                for _ in range(iters):
-                    with capture(model, [layer], flatten=True) as feats:
-                        model(preprocess(self.classifier, clip_to_range(xb + params[0][0], low, high)))
-                    loss = (feats[layer] - goal).pow(2).sum() + v * params[0].pow(2).sum()
-                    loss.backward()
-                    param.update(params, everything, everything)
-                    param.project(params, xb, (low, high))
-                out.append(params[0][0].detach().cpu().numpy())
-        return np.concatenate(out).astype(np.float32)
-
-
-def _spread(features: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Root mean squared distance of each copy's (weighted) features (A, n, D) to their mean: (A,)."""
-    mean = (features * weights[..., None]).sum(1) / counts[:, None]
-    return ((((features - mean[:, None]).pow(2).sum(-1) * weights).sum(1) / counts).sqrt())
-
-
-def _class_spreads(features: torch.Tensor, labels: np.ndarray, k: int) -> np.ndarray:
-    """Root mean squared distance of each class's clean features (N, D) to the class mean: (k,), NaN if absent."""
-    out = np.full(k, np.nan)
-    for c in range(k):
-        rows = torch.as_tensor(np.flatnonzero(labels == c), device=features.device)
-        if len(rows):
-            part = features[rows]
-            out[c] = float((part - part.mean(0)).pow(2).sum(-1).mean().sqrt())
-    return out
+        return estimate_trigger(self, x, report, v=v, max_iter=max_iter)
 
 
 def _arrange(problems: Problems, values: np.ndarray, k: int, kind: str) -> np.ndarray:

@@ -112,6 +112,12 @@ def test_closed_form_mu_is_the_mean_embedded_shift(warp_victim, clean_set):
             np.testing.assert_allclose(st["sigma"][p], sigma, rtol=1e-4)
             rate = np.mean(clf.predict(moved).argmax(1) == problems.targets[p])
             assert st["misclassification"][p] == pytest.approx(rate)
+            landed = extract_features(clf, moved, [layer])[layer]
+            landing = np.sqrt(np.mean(np.sum((landed - landed.mean(0)) ** 2, axis=1)))
+            np.testing.assert_allclose(st["landing_sigma"][p], landing, rtol=1e-4)
+            own = extract_features(clf, x[y == problems.targets[p]], [layer])[layer]
+            spread = np.sqrt(np.mean(np.sum((own - own.mean(0)) ** 2, axis=1)))
+            np.testing.assert_allclose(st["class_sigma"][p], spread, rtol=1e-4)
 
 
 def test_batched_equals_one_problem_at_a_time(warp_victim, clean_set):
@@ -249,3 +255,50 @@ def test_sigma_statistic_tests_the_spread_about_mu_alone(detector, clean_set, mo
     assert decided.statistic == "sigma" and decided.settings["statistic"] == "sigma"
     with pytest.raises(InvalidParameterError, match="statistic"):
         CEPA(detector.classifier, statistic="variance")
+
+
+def test_scan_variants_decides_one_optimisation_several_ways(detector, report, clean_set, monkeypatch):
+    x, y = clean_set
+    x_before, y_before = x.copy(), y.copy()
+    calls = []
+    real = CEPA.optimise
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CEPA, "optimise", counted)
+    variants = {"paper": {}, "sigma": {"statistic": "sigma"}, "mad": {"inference": "mad"},
+                "joint": {"layer_pooling": "joint"}}
+    reports = detector.scan_variants(x, y, variants)
+    assert len(calls) == 1 and list(reports) == list(variants)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(y, y_before)
+    # the detector's own settings give what its separate scan gave
+    same = reports["paper"]
+    assert (same.p_value, same.target, same.layer, same.detected) == (report.p_value, report.target, report.layer,
+                                                                       report.detected)
+    assert same.tests == report.tests and same.joint == report.joint
+    np.testing.assert_allclose(same.mu, report.mu)
+    # every other variant equals a scan of a detector with those settings on the same optimisation
+    results = real(detector, x, y)
+    for name, overrides in variants.items():
+        other = CEPA(detector.classifier, **{**detector.get_params(), **overrides})
+        monkeypatch.setattr(other, "optimise", lambda x_, y_, layers: results)
+        alone = other.scan(x, y)
+        got = reports[name]
+        assert (got.p_value, got.target, got.layer, got.detected, got.statistic) == (
+            alone.p_value, alone.target, alone.layer, alone.detected, alone.statistic), name
+        np.testing.assert_allclose(got.anomaly_index, alone.anomaly_index)
+        np.testing.assert_allclose(got.mu, alone.mu)
+        assert got.seconds > 0
+    assert reports["sigma"].statistic == "sigma" and reports["mad"].settings["inference"] == "mad"
+    assert not np.shares_memory(reports["paper"].mu, reports["sigma"].mu)
+    # anything that changes the perturbations, or nothing at all, is refused before optimising
+    for bad, match in (({"v": {"lam": 0.1}}, "change the optimisation"), ({}, "variants is empty"),
+                       ({"v": {"variant": "pairs"}}, "change the optimisation"),
+                       ({"v": {"statistic": "variance"}}, "statistic")):
+        calls.clear()
+        with pytest.raises(InvalidParameterError, match=match):
+            detector.scan_variants(x, y, bad)
+        assert not calls
