@@ -266,6 +266,7 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
                                                               and int(found_target) == victim["target"])
         for name in cepa.SAVED_STATISTICS:  # every victim's per-target statistics, per layer
             assert report.arrays[f"{victim['group']}/{victim['seed']}/relu3/{name}"].shape == (10,)
+    assert any("decided by statistic='sigma' (CEPA's default)" in note for note in report.notes)
     json.dumps(report.to_dict())
 
 

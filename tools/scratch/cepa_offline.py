@@ -1,7 +1,8 @@
 """Re-decide CEPA scans offline with other per-target statistics (no optimisation), from saved ``bench cepa`` runs.
 
-Usage: ``.venv/bin/python tools/scratch/cepa_offline.py [--sigma] RUN_DIR [RUN_DIR ...]`` (``--sigma``: only the
-default and the sigma statistic, Sidak and joint: a quarter of the time)
+Usage: ``.venv/bin/python tools/scratch/cepa_offline.py [--sigma | --spreads] RUN_DIR [RUN_DIR ...]`` (``--sigma``:
+only the paper's ratio and the sigma statistic, Sidak and joint: a quarter of the time; ``--spreads``: sigma
+against the spreads kept since 2026-12-02, ``landing_sigma`` and ``class_sigma``)
 
 Each RUN_DIR holds ``cepa-<profile>.json`` and ``cepa-<profile>-arrays.npz`` (written by
 ``art-backdoor-ext bench cepa ... --output RUN_DIR`` since 2026-12-02: every victim's all-to-one statistics per
@@ -11,7 +12,8 @@ the K - 1 others, 199 simulated sets, seeded with the victim's seed as the bench
 detected below 0.05 (``(joint layers)``: the layers tested together, CEPA's ``layer_pooling="joint"``;
 ``(MAD > 2)``: the largest Neural Cleanse anomaly index over the layers, on the low side of 1 / statistic (sigma
 for ``1/sigma``, as ``CEPA(inference="mad")``), above 2; printed as p 0 or 1).
-``consensus`` is CEPA's default (||mu|| / sigma) and is checked against the run's own verdict.
+The statistic the run's CEPA decided with (``1/sigma`` since 2026-12-02, ``consensus`` before: read from the
+report's notes) is checked against the run's own verdict.
 Prints one line per victim (p -> target, true target's best rank over the layers) and the fraction per group
 (attacked: detected with the right target; clean: flagged).
 """
@@ -41,7 +43,14 @@ STATISTICS = {
     "1/sigma (joint layers)": lambda s: 1.0 / s["sigma"],
     "1/sigma (MAD > 2)": lambda s: 1.0 / s["sigma"],
     "consensus ||mu||/sigma (joint layers)": lambda s: s["mu_norm"] / s["sigma"],
+    # the diagnostics kept since 2026-12-02 (runs without them are skipped for these statistics)
+    "class-relative class_sigma/sigma": lambda s: s["class_sigma"] / s["sigma"],
+    "landing 1/landing_sigma": lambda s: 1.0 / s["landing_sigma"],
+    "landing-relative class_sigma/landing_sigma": lambda s: s["class_sigma"] / s["landing_sigma"],
+    "per-unit |delta|/sigma": lambda s: s["delta_norm"] / s["sigma"],
 }
+NEEDS_DIAGNOSTICS = ("class-relative class_sigma/sigma", "landing 1/landing_sigma",
+                     "landing-relative class_sigma/landing_sigma")
 
 
 def load(run_dir: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
@@ -50,6 +59,19 @@ def load(run_dir: Path) -> tuple[list[dict], dict[str, np.ndarray]]:
     with np.load(report_path.with_name(report_path.stem + "-arrays.npz"), allow_pickle=False) as saved:
         arrays = {k: saved[k] for k in saved.files}
     return report["tables"]["victims"], arrays
+
+
+def statistic_of(run_dir: str) -> str:
+    """The statistic the run's own CEPA decided with: its notes say so since 2026-12-02 (the runs that first kept
+    ``class_sigma``, started before that note, used ``"sigma"``); ``"consensus"`` before."""
+    (report_path,) = Path(run_dir).glob("cepa-*[!s].json")
+    notes = " ".join(json.loads(report_path.read_text()).get("notes", []))
+    if "decided by statistic='sigma'" in notes:
+        return "sigma"
+    if "decided by statistic=" in notes:
+        return "consensus"
+    with np.load(report_path.with_name(report_path.stem + "-arrays.npz"), allow_pickle=False) as saved:
+        return "sigma" if any(k.endswith("/class_sigma") for k in saved.files) else "consensus"
 
 
 def _floored(values: np.ndarray) -> np.ndarray:
@@ -80,6 +102,7 @@ def decide(values_by_layer: dict[str, np.ndarray], seed: int, joint: bool = Fals
 
 
 SIGMA_ONLY = ("consensus ||mu||/sigma", "1/sigma", "1/sigma (joint layers)", "consensus ||mu||/sigma (joint layers)")
+SPREADS = ("consensus ||mu||/sigma", "1/sigma", "per-unit |delta|/sigma") + NEEDS_DIAGNOSTICS
 
 
 def main(run_dirs: list[str], names: tuple[str, ...] = tuple(STATISTICS)) -> None:
@@ -90,15 +113,19 @@ def main(run_dirs: list[str], names: tuple[str, ...] = tuple(STATISTICS)) -> Non
             group, seed, target = v["group"], v["seed"], v["target"]
             layers = sorted({k.split("/")[2] for k in arrays if k.startswith(f"{group}/{seed}/")})
             line = [f"{group} {seed} (target {target})"]
+            saved = {k.split("/")[3] for k in arrays if k.startswith(f"{group}/{seed}/")}
+            default = "1/sigma" if statistic_of(run_dir) == "sigma" else "consensus ||mu||/sigma"
             for name, statistic in ((n, STATISTICS[n]) for n in names):
-                stats = {layer: statistic({n: arrays[f"{group}/{seed}/{layer}/{n}"]
-                                           for n in ("mu_norm", "sigma", "delta_norm")}) for layer in layers}
+                if name in NEEDS_DIAGNOSTICS and "class_sigma" not in saved:
+                    continue
+                stats = {layer: statistic({n: arrays[f"{group}/{seed}/{layer}/{n}"] for n in saved})
+                         for layer in layers}
                 p, found, ranks = decide(stats, seed, joint=name.endswith("(joint layers)"),
                                          mad=name.endswith("(MAD > 2)"))
                 detected = p < 0.05
                 right = detected if target is None else bool(detected and found == target)
                 verdicts[name][group].append(right)
-                if name == "consensus ||mu||/sigma" and (detected != v["detected"] or found != v["found_target"]):
+                if name == default and (detected != v["detected"] or found != v["found_target"]):
                     raise SystemExit(f"{group} {seed}: the default does not reproduce the run's verdict")
                 best = "-" if target is None else min(int(r[target]) for r in ranks.values())
                 tag = "(j)" if "joint" in name else "(mad)" if "MAD" in name else ""
@@ -118,5 +145,7 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if args[0] == "--sigma":
         main(args[1:], SIGMA_ONLY)
+    elif args[0] == "--spreads":
+        main(args[1:], SPREADS)
     else:
         main(args)
