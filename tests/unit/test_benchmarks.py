@@ -257,7 +257,7 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
         else:
             found = float(p_text) < 0.05 and int(target_text) == victim["target"]
             assert row["target found (joint layers)"] == float(found)
-        for label, _, _ in cepa.ALTERNATIVES:  # the other decisions of the same scan, per victim and per group
+        for label, *_ in cepa.ALTERNATIVES:  # the other decisions of the same scan, per victim and per group
             detected, found_target = victim[f"{label} (detected -> target)"].split(" -> ")
             if victim["group"] == "clean":
                 assert row[f"{label}: false detection"] == float(detected == "True")
@@ -318,7 +318,7 @@ def test_cepa_alternative_decisions_come_from_the_scan_statistics(fresh_classifi
     big[3] = 40.0
     out = decisions({"relu1": layer("relu1", big, flat_sigma * big),
                      "relu2": layer("relu2", rng.uniform(0.9, 1.1, 10), flat_sigma)})
-    assert list(out) == ["default"] + [label for label, _, _ in ALTERNATIVES]
+    assert list(out) == ["default"] + [label for label, *_ in ALTERNATIVES]
     assert out["||mu||, p-value"] == (True, 3) and out["||mu||, MAD > 2"] == (True, 3)
     assert out["sigma/||mu||, MAD > 2"][0] is False  # the ratio is flat at both layers
     assert out["sigma, p-value"][0] is False  # target 3's sigma is the largest, not the smallest

@@ -74,7 +74,7 @@ from art_backdoor_ext._torch import (
 )
 from art_backdoor_ext._validation import Instance, Interval, Options
 from art_backdoor_ext.defences.base import ModelScanner
-from art_backdoor_ext.defences.model.cepa_inference import decide, joint_test, layer_test
+from art_backdoor_ext.defences.model.cepa_inference import decide, joint_test, layer_test, pooled_test
 from art_backdoor_ext.defences.model.cepa_layers import candidate_layers
 from art_backdoor_ext.defences.model.cepa_report import CEPAReport
 from art_backdoor_ext.defences.model.cepa_spreads import class_spreads, feature_spread
@@ -129,7 +129,11 @@ class CEPA(ModelScanner):
         the number of tests) or ``"joint"`` (the all-to-one layers tested together, one target's evidence summed
         over the layers, calibrated with the layers' correlation:
         :func:`~art_backdoor_ext.functional.layer_pooling.joint_layer_pvalue`; needs the bootstrap calibration).
-        ``report.joint`` holds the joint test either way.
+        ``report.joint`` holds the joint test either way. ``"pooled"``: the all-to-one layers' median-relative
+        statistics pooled into one set with one null
+        (:func:`~art_backdoor_ext.functional.layer_pooling.pooled_layer_pvalue`; more power than three nulls of
+        nine values, but it assumes the layers' relative spreads comparable: see docs/cepa.md); ``report.pooled``
+        holds it.
     :param layer_penalty: ``"separate"`` (Eq. 1 once per layer) or ``"joint"`` (one optimisation, the layers'
         variance terms summed in raw units).
     :param learning_rate: Adam step on the deltas, relative to the ``clip_values`` range.
@@ -161,7 +165,7 @@ class CEPA(ModelScanner):
         "anomaly_threshold": [Interval(float, 0, None, closed="neither")],
         "calibration": [Options(("bootstrap", "none"))],
         "n_bootstrap": [Interval(int, 1, None)],
-        "layer_pooling": [Options(("sidak", "joint"))],
+        "layer_pooling": [Options(("sidak", "joint", "pooled"))],
         "layer_penalty": [Options(("separate", "joint"))],
         "learning_rate": [Interval(float, 0, None, closed="neither")],
         "stop_patience": [Interval(int, 0, None)],
@@ -222,9 +226,10 @@ class CEPA(ModelScanner):
     def _check_params(self) -> None:
         super()._check_params()
         m = len(self._resolved_layers()) * len(VARIANTS[self.variant])
-        if self.layer_pooling == "joint" and (self.calibration != "bootstrap" or self.inference != "p-value"):
-            raise InvalidParameterError("layer_pooling='joint' tests the layers with the bootstrap-calibrated p-value: "
-                                        "it needs calibration='bootstrap' and inference='p-value'")
+        if self.layer_pooling != "sidak" and (self.calibration != "bootstrap" or self.inference != "p-value"):
+            raise InvalidParameterError(f"layer_pooling={self.layer_pooling!r} tests the layers with the "
+                                        "bootstrap-calibrated p-value: it needs calibration='bootstrap' and "
+                                        "inference='p-value'")
         if self.calibration != "bootstrap" or self.inference != "p-value":
             return
         smallest = sidak_correction(1.0 / (self.n_bootstrap + 1), m)
@@ -307,22 +312,27 @@ class CEPA(ModelScanner):
         joint = None
         if "all-to-one" in results and self.inference == "p-value" and self.calibration == "bootstrap":
             joint = joint_test(self, *results["all-to-one"], layers, tests)
+        pooled = None
+        if "all-to-one" in results and self.layer_pooling == "pooled":
+            pooled = pooled_test(self, *results["all-to-one"], layers, tests)
         for test in tests:
             problems = results[test["variant"]][0]
             statistics[test["variant"]][test["layer"]]["anomaly_index"] = _arrange(
                 problems, test.pop("anomaly_indices"), k, test["variant"])
         decisive = tests
-        if self.layer_pooling == "joint" and joint is not None:
-            decisive = [t for t in tests if t["variant"] != "all-to-one"] + [joint]
+        across = {"joint": joint, "pooled": pooled}.get(self.layer_pooling)
+        if across is not None:  # the all-to-one layers decided by one test over them all
+            decisive = [t for t in tests if t["variant"] != "all-to-one"] + [across]
         best, p_value, detected = decide(self, decisive)
         chosen = decisive[best]
         problems, per_layer = results[chosen["variant"]]
         row = chosen["problem"]
         for t in tests:
             t.pop("problem", None)
-        if joint is not None:
-            joint.pop("anomaly_indices", None)
-            joint.pop("problem", None)
+        for extra in (joint, pooled):
+            if extra is not None:
+                extra.pop("anomaly_indices", None)
+                extra.pop("problem", None)
         shape = self._output_shape(chosen["layer"])
         report = CEPAReport(
             detected=bool(detected),
@@ -339,6 +349,7 @@ class CEPA(ModelScanner):
             statistics=statistics,
             tests=tests,
             joint=joint,
+            pooled=pooled,
             significance=self.significance,
             seconds=time.perf_counter() - start,
             settings={**{k_: v for k_, v in self.get_params().items() if k_ != "verbose"},

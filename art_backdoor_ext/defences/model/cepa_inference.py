@@ -15,14 +15,14 @@ import numpy as np
 from art_backdoor_ext.exceptions import DataError
 from art_backdoor_ext.functional.bootstrap_calibration import calibrated_max_statistic_pvalue
 from art_backdoor_ext.functional.cepa_math import max_statistic_pvalue, sidak_correction
-from art_backdoor_ext.functional.layer_pooling import joint_layer_pvalue
+from art_backdoor_ext.functional.layer_pooling import joint_layer_pvalue, pooled_layer_pvalue
 from art_backdoor_ext.functional.robust import mad_anomaly_index, order_statistic_pvalue
 
 if TYPE_CHECKING:
     from art_backdoor_ext.defences.model.cepa import CEPA
     from art_backdoor_ext.defences.model.perturbation import Problems
 
-__all__ = ["decide", "evidence", "layer_test", "joint_test"]
+__all__ = ["decide", "evidence", "layer_test", "joint_test", "pooled_test"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,28 @@ def joint_test(det: CEPA, problems: Problems, per_layer: Mapping[str, Mapping[st
     return {"variant": "all-to-one", "layer": layer, "pooled_layers": list(layers), "p_value": p_value,
             "p_value_uncalibrated": p_value, "anomaly_index": float(ai[row]), "source": None, "target": target,
             "problem": row, "anomaly_indices": ai}
+
+
+def pooled_test(det: CEPA, problems: Problems, per_layer: Mapping[str, Mapping[str, np.ndarray]],
+                layers: Sequence[str], tests: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The all-to-one test with the layers' median-relative statistics pooled
+    (:func:`~art_backdoor_ext.functional.layer_pooling.pooled_layer_pvalue`, ``layer_pooling="pooled"``), as a
+    test dict whose ``layer`` is where the pooled maximum lies; None with fewer than two layers or when no
+    p-value can be computed."""
+    if len(layers) < 2:
+        return None
+    matrix = np.stack([evidence(det.statistic, per_layer[layer])[0] for layer in layers])
+    try:
+        p_value, row, at, raw = pooled_layer_pvalue(matrix, n_bootstrap=det.n_bootstrap, random_state=_seed(det))
+    except DataError as err:
+        logger.debug("no pooled p-value: %s", err)
+        return None
+    layer = str(layers[at])
+    own = next((t for t in tests if t["variant"] == "all-to-one" and t["layer"] == layer), None)
+    ai = own["anomaly_indices"] if own is not None else np.full(len(problems), np.nan)
+    return {"variant": "all-to-one", "layer": layer, "pooled_layers": list(layers), "p_value": p_value,
+            "p_value_uncalibrated": raw, "anomaly_index": float(ai[row]), "source": None,
+            "target": int(problems.targets[row]), "problem": row, "anomaly_indices": ai}
 
 
 def decide(det: CEPA, tests: Sequence[Mapping[str, Any]]) -> tuple[int, float, bool]:

@@ -40,6 +40,9 @@ class CEPAReport:
     :ivar joint: the all-to-one test over all layers together (``p_value``, ``target``, ``layer``: where its
         ``mu`` is taken, ``pooled_layers``), computed whenever there are two or more layers, the p-value inference
         and the bootstrap calibration; it decides with ``layer_pooling="joint"``. None otherwise.
+    :ivar pooled: with ``layer_pooling="pooled"``, the all-to-one test with the layers' median-relative statistics
+        pooled (``p_value``, ``p_value_uncalibrated``, ``target``, ``layer`` where the pooled maximum lies,
+        ``pooled_layers``); None otherwise.
     """
 
     detected: bool
@@ -59,6 +62,7 @@ class CEPAReport:
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
     joint: dict[str, Any] | None = None
+    pooled: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_builtin({
@@ -66,5 +70,6 @@ class CEPAReport:
             "target": self.target, "source": self.source, "variant": self.variant, "layer": self.layer,
             "mu": self.mu, "misclassification": self.misclassification, "statistic": self.statistic,
             "layers": self.layers, "statistics": self.statistics, "tests": self.tests, "joint": self.joint,
+            "pooled": self.pooled,
             "significance": self.significance, "seconds": self.seconds, "settings": self.settings,
         })

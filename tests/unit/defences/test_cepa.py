@@ -302,3 +302,23 @@ def test_scan_variants_decides_one_optimisation_several_ways(detector, report, c
         with pytest.raises(InvalidParameterError, match=match):
             detector.scan_variants(x, y, bad)
         assert not calls
+
+
+def test_pooled_layer_pooling_decides_with_the_pooled_test(detector, report, clean_set, monkeypatch):
+    from art_backdoor_ext.functional.layer_pooling import pooled_layer_pvalue
+
+    assert report.pooled is None  # only computed when it decides
+    pooled = CEPA(detector.classifier, variant="all-to-one", max_iter=100, layer_pooling="pooled")
+    results = detector.optimise(*clean_set)
+    monkeypatch.setattr(pooled, "optimise", lambda x, y, layers: results)  # the same optimisation, re-decided
+    decided = pooled.scan(*clean_set)
+    sigma = np.stack([results["all-to-one"][1][layer]["sigma"] for layer in decided.layers]).astype(float)
+    p, target, at, raw = pooled_layer_pvalue(1.0 / sigma, n_bootstrap=199, random_state=0)
+    assert decided.pooled["p_value"] == p and decided.pooled["p_value_uncalibrated"] == raw
+    assert decided.p_value == pytest.approx(p)  # one test: no correction for the layers
+    assert decided.target == target == 0 and decided.layer == decided.layers[at] == decided.pooled["layer"]
+    assert decided.detected == (p < 0.05)
+    np.testing.assert_allclose(decided.mu.ravel(), results["all-to-one"][1][decided.layer]["mu"][0])
+    json.dumps(decided.to_dict())
+    with pytest.raises(InvalidParameterError, match="needs calibration='bootstrap'"):
+        CEPA(detector.classifier, layer_pooling="pooled", inference="mad")

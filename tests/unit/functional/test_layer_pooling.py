@@ -89,3 +89,63 @@ def test_bad_values(values, match):
 def test_bad_n_bootstrap(n_bootstrap):
     with pytest.raises(InvalidParameterError, match="n_bootstrap"):
         joint_layer_pvalue(np.ones((2, 5)) + np.arange(5), n_bootstrap=n_bootstrap)
+
+
+# ------------------------------------------------------------------ pooled_layer_pvalue (layer_pooling="pooled")
+def _layers(rng, cvs, k=10):
+    return np.stack([rng.gamma(1 / cv**2, cv**2, k) for cv in cvs])
+
+
+def test_pooled_finds_a_wide_layer_outlier_and_ignores_a_tight_layer_mild_one():
+    from art_backdoor_ext.functional.layer_pooling import pooled_layer_pvalue
+
+    rng = np.random.default_rng(3)
+    found, mild, mild_per_layer = 0, 0, 0
+    for trial in range(10):
+        v = _layers(rng, (0.2, 0.05, 0.05))
+        v[0, 6] = 3.0 * np.median(v[0])  # a backdoor-like outlier at the wide layer: 3x its layer's median
+        p, target, layer, raw = pooled_layer_pvalue(v, n_bootstrap=99, random_state=trial)
+        found += p < 0.05 and (target, layer) == (6, 0)
+        assert 0 < raw <= 1 and p >= 1 / 100
+        w = _layers(rng, (0.2, 0.05, 0.05))
+        w[2, 3] = 1.25 * np.median(w[2])  # 5 sd above at the tight layer, but only 1.25x its median
+        mild += pooled_layer_pvalue(w, n_bootstrap=99, random_state=trial)[0] < 0.05
+        per_layer = min(calibrated_max_statistic_pvalue(row, n_bootstrap=99, random_state=trial)[0] for row in w)
+        mild_per_layer += sidak_correction(per_layer, 3) < 0.05  # the default decision: extreme for its layer
+    assert found >= 8 and mild <= 1 and mild_per_layer >= 3  # measured: 8, 0 and 4 of 10
+
+
+def test_pooled_is_scale_free_per_layer_and_reproducible():
+    from art_backdoor_ext.functional.layer_pooling import pooled_layer_pvalue, relative_to_layer_median
+
+    rng = np.random.default_rng(4)
+    v = _layers(rng, (0.15, 0.1, 0.1))
+    v[1, 2] *= 1.8
+    scaled = v * np.array([[10.0], [0.01], [3.0]])  # each layer in its own units
+    np.testing.assert_allclose(relative_to_layer_median(scaled), relative_to_layer_median(v))
+    assert np.median(relative_to_layer_median(v), axis=1) == pytest.approx(np.ones(3))
+    a = pooled_layer_pvalue(v, n_bootstrap=49, random_state=1)
+    b = pooled_layer_pvalue(scaled, n_bootstrap=49, random_state=1)
+    assert a[1:3] == b[1:3] == (2, 1) and a[3] == pytest.approx(b[3])
+    assert a == pooled_layer_pvalue(v, n_bootstrap=49, random_state=1)
+    assert round(a[0] * 50) == pytest.approx(a[0] * 50)
+
+
+def test_pooled_rejection_rate_on_clean_layers_of_equal_spread():
+    from art_backdoor_ext.functional.layer_pooling import pooled_layer_pvalue
+
+    rng = np.random.default_rng(5)
+    ps = np.array([pooled_layer_pvalue(_layers(rng, (0.15, 0.15, 0.15)), n_bootstrap=49, random_state=i)[0]
+                   for i in range(40)])
+    assert np.mean(ps < 0.05) <= 0.15 and np.mean(ps > 0.5) >= 0.3  # roughly uniform, not piled near zero
+
+
+def test_pooled_bad_values():
+    from art_backdoor_ext.functional.layer_pooling import pooled_layer_pvalue
+
+    with pytest.raises(DataError, match="finite and > 0"):
+        pooled_layer_pvalue(np.array([[1.0, 2.0, 0.0, 3.0, 4.0]]))
+    with pytest.raises(DataError, match="at least 4 classes"):
+        pooled_layer_pvalue(np.ones((2, 3)))
+    with pytest.raises(InvalidParameterError, match="n_bootstrap"):
+        pooled_layer_pvalue(np.arange(1.0, 11.0)[None], n_bootstrap=0)
