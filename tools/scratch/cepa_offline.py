@@ -2,7 +2,8 @@
 
 Usage: ``.venv/bin/python tools/scratch/cepa_offline.py [--sigma | --spreads] RUN_DIR [RUN_DIR ...]`` (``--sigma``:
 only the paper's ratio and the sigma statistic, Sidak and joint: a quarter of the time; ``--spreads``: sigma
-against the spreads kept since 2026-12-02, ``landing_sigma`` and ``class_sigma``)
+against the spreads kept since 2026-12-02, ``landing_sigma`` and ``class_sigma``, and sigma with the layers
+pooled, ``CEPA(layer_pooling="pooled")``)
 
 Each RUN_DIR holds ``cepa-<profile>.json`` and ``cepa-<profile>-arrays.npz`` (written by
 ``art-backdoor-ext bench cepa ... --output RUN_DIR`` since 2026-12-02: every victim's all-to-one statistics per
@@ -29,7 +30,7 @@ import numpy as np
 
 from art_backdoor_ext.functional.bootstrap_calibration import calibrated_max_statistic_pvalue
 from art_backdoor_ext.functional.cepa_math import sidak_correction
-from art_backdoor_ext.functional.layer_pooling import joint_layer_pvalue
+from art_backdoor_ext.functional.layer_pooling import joint_layer_pvalue, pooled_layer_pvalue
 from art_backdoor_ext.functional.robust import mad_anomaly_index
 
 GROUPS = ("patch", "blend", "warp", "chessboard", "clean")
@@ -48,6 +49,7 @@ STATISTICS = {
     "landing 1/landing_sigma": lambda s: 1.0 / s["landing_sigma"],
     "landing-relative class_sigma/landing_sigma": lambda s: s["class_sigma"] / s["landing_sigma"],
     "per-unit |delta|/sigma": lambda s: s["delta_norm"] / s["sigma"],
+    "1/sigma (layers pooled)": lambda s: 1.0 / s["sigma"],
 }
 NEEDS_DIAGNOSTICS = ("class-relative class_sigma/sigma", "landing 1/landing_sigma",
                      "landing-relative class_sigma/landing_sigma")
@@ -79,8 +81,8 @@ def _floored(values: np.ndarray) -> np.ndarray:
     return np.nan_to_num(values, nan=0.5 * np.nanmin(values))
 
 
-def decide(values_by_layer: dict[str, np.ndarray], seed: int, joint: bool = False, mad: bool = False
-           ) -> tuple[float, int, dict]:
+def decide(values_by_layer: dict[str, np.ndarray], seed: int, joint: bool = False, mad: bool = False,
+           pooled: bool = False) -> tuple[float, int, dict]:
     """(Sidak-corrected p, target of the most extreme layer, per-layer ranking of every target: 1 = largest);
     ``joint``: the layers tested together instead (``layer_pooling="joint"``)."""
     ranks = {layer: np.argsort(np.argsort(-_floored(v))) + 1 for layer, v in values_by_layer.items()}
@@ -88,6 +90,10 @@ def decide(values_by_layer: dict[str, np.ndarray], seed: int, joint: bool = Fals
         best = max((float(np.max(a)), int(np.argmax(a))) for a in
                    (mad_anomaly_index(1.0 / _floored(v), side="low") for v in values_by_layer.values()))
         return (0.0 if best[0] > 2.0 else 1.0), best[1], ranks
+    if pooled:  # CEPA(layer_pooling="pooled")
+        p, row, _, _ = pooled_layer_pvalue(np.stack([_floored(v) for v in values_by_layer.values()]),
+                                           n_bootstrap=199, random_state=seed)
+        return p, int(row), ranks
     if joint:
         p, row, _ = joint_layer_pvalue(np.stack([_floored(v) for v in values_by_layer.values()]), n_bootstrap=199,
                                        random_state=seed)
@@ -102,7 +108,7 @@ def decide(values_by_layer: dict[str, np.ndarray], seed: int, joint: bool = Fals
 
 
 SIGMA_ONLY = ("consensus ||mu||/sigma", "1/sigma", "1/sigma (joint layers)", "consensus ||mu||/sigma (joint layers)")
-SPREADS = ("consensus ||mu||/sigma", "1/sigma", "per-unit |delta|/sigma") + NEEDS_DIAGNOSTICS
+SPREADS = ("consensus ||mu||/sigma", "1/sigma", "1/sigma (layers pooled)", "per-unit |delta|/sigma") + NEEDS_DIAGNOSTICS
 
 
 def main(run_dirs: list[str], names: tuple[str, ...] = tuple(STATISTICS)) -> None:
@@ -121,14 +127,14 @@ def main(run_dirs: list[str], names: tuple[str, ...] = tuple(STATISTICS)) -> Non
                 stats = {layer: statistic({n: arrays[f"{group}/{seed}/{layer}/{n}"] for n in saved})
                          for layer in layers}
                 p, found, ranks = decide(stats, seed, joint=name.endswith("(joint layers)"),
-                                         mad=name.endswith("(MAD > 2)"))
+                                         mad=name.endswith("(MAD > 2)"), pooled=name.endswith("(layers pooled)"))
                 detected = p < 0.05
                 right = detected if target is None else bool(detected and found == target)
                 verdicts[name][group].append(right)
                 if name == default and (detected != v["detected"] or found != v["found_target"]):
                     raise SystemExit(f"{group} {seed}: the default does not reproduce the run's verdict")
                 best = "-" if target is None else min(int(r[target]) for r in ranks.values())
-                tag = "(j)" if "joint" in name else "(mad)" if "MAD" in name else ""
+                tag = "(j)" if "joint" in name else "(mad)" if "MAD" in name else "(pool)" if "pooled" in name else ""
                 line.append(f"{name.split()[0]}{tag} {p:.2g}->{found} #{best}")
             print(" | ".join(line))
     print("\n| statistic | " + " | ".join(GROUPS) + " |")
