@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,27 @@ from art_backdoor_ext._validation import (
 )
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 
-__all__ = ["ModelScanner", "to_builtin"]
+__all__ = ["ModelScanner", "to_builtin", "variant_detectors"]
+
+
+def variant_detectors(detector: Any, variants: Mapping[str, Mapping[str, Any]],
+                      allowed: Sequence[str]) -> dict[str, Any]:
+    """For ``scan_variants``: one detector of ``detector``'s class per variant, with its parameters overridden.
+
+    :raises InvalidParameterError: no variant, an override outside ``allowed`` (it would change the optimisation)
+        or an invalid value (checked by the new detector's constructor).
+    """
+    if not variants:
+        raise InvalidParameterError("variants is empty: pass at least one name -> overrides (e.g. {'default': {}})")
+    detectors = {}
+    for name, overrides in variants.items():
+        engine_params = sorted(set(overrides) - set(allowed))
+        if engine_params:
+            raise InvalidParameterError(
+                f"variant {name!r} overrides {engine_params}, which change the optimisation; scan_variants may "
+                f"only vary {list(allowed)}")
+        detectors[name] = type(detector)(detector.classifier, **{**detector.get_params(), **overrides})
+    return detectors
 
 
 def to_builtin(value: Any) -> Any:

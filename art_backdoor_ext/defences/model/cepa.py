@@ -73,7 +73,7 @@ from art_backdoor_ext._torch import (
     to_tensor,
 )
 from art_backdoor_ext._validation import Instance, Interval, Options
-from art_backdoor_ext.defences.base import ModelScanner
+from art_backdoor_ext.defences.base import ModelScanner, variant_detectors
 from art_backdoor_ext.defences.model.cepa_inference import decide, joint_test, layer_test, pooled_test
 from art_backdoor_ext.defences.model.cepa_layers import candidate_layers
 from art_backdoor_ext.defences.model.cepa_report import CEPAReport
@@ -275,16 +275,7 @@ class CEPA(ModelScanner):
         :raises InvalidParameterError: no variant, an override outside :data:`INFERENCE_PARAMETERS` (it would change
             the perturbations: use another detector) or an invalid value; checked before any optimisation.
         """
-        if not variants:
-            raise InvalidParameterError("variants is empty: pass at least one name -> overrides (e.g. {'default': {}})")
-        detectors = {}
-        for name, overrides in variants.items():
-            engine_params = sorted(set(overrides) - set(INFERENCE_PARAMETERS))
-            if engine_params:
-                raise InvalidParameterError(
-                    f"variant {name!r} overrides {engine_params}, which change the optimisation; scan_variants may "
-                    f"only vary {list(INFERENCE_PARAMETERS)}")
-            detectors[name] = CEPA(self.classifier, **{**self.get_params(), **overrides})
+        detectors = variant_detectors(self, variants, INFERENCE_PARAMETERS)
         x, y = self._check_clean_set(x_clean, y_clean)
         start = time.perf_counter()
         layers = self._resolved_layers()

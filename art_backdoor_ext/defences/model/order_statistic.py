@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from art_backdoor_ext._validation import Instance, Interval, Options
-from art_backdoor_ext.defences.base import ModelScanner, to_builtin
+from art_backdoor_ext.defences.base import ModelScanner, to_builtin, variant_detectors
 from art_backdoor_ext.defences.model.perturbation import (
     Additive,
     EngineResult,
@@ -56,7 +56,7 @@ from art_backdoor_ext.defences.model.perturbation import (
     Problems,
     pair_problems,
 )
-from art_backdoor_ext.exceptions import DataError, InvalidParameterError
+from art_backdoor_ext.exceptions import DataError
 from art_backdoor_ext.functional.pair_normalisation import NORMALISED_STATISTICS, normalised_statistics
 from art_backdoor_ext.functional.robust import (
     asymmetry_statistics,
@@ -310,16 +310,7 @@ class OrderStatisticDetector(ModelScanner):
         :raises InvalidParameterError: no variant, an override outside :data:`INFERENCE_PARAMETERS` (it would change
             the perturbations: use another detector) or an invalid value; checked before any optimisation.
         """
-        if not variants:
-            raise InvalidParameterError("variants is empty: pass at least one name -> overrides (e.g. {'default': {}})")
-        detectors = {}
-        for name, overrides in variants.items():
-            engine_params = sorted(set(overrides) - set(INFERENCE_PARAMETERS))
-            if engine_params:
-                raise InvalidParameterError(
-                    f"variant {name!r} overrides {engine_params}, which change the optimisation; scan_variants may "
-                    f"only vary {list(INFERENCE_PARAMETERS)}")
-            detectors[name] = OrderStatisticDetector(self.classifier, **{**self.get_params(), **overrides})
+        detectors = variant_detectors(self, variants, INFERENCE_PARAMETERS)
         x, y = self._check_clean_set(x_clean, y_clean)
         start = time.perf_counter()
         scale, problems, result = self._optimise(x, y)
