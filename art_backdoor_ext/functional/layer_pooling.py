@@ -36,6 +36,8 @@ class at the last layer of our Fashion-MNIST CNNs) then no longer counts as a ba
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
@@ -106,6 +108,21 @@ def _correlation(v: np.ndarray, leave_out: int | None) -> np.ndarray:
     return corr / scale[:, None] / scale[None, :]
 
 
+def _simulated_layers(v: np.ndarray, nulls: list[GammaNull], target: int, n_bootstrap: int,
+                      rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """The bootstrap's simulated (L, K) sets: each layer from its fitted null, the layers correlated as the
+    classes other than ``target`` are (Gaussian copula); a draw with a quantile at 1.0 (z beyond ~8 sd) is
+    skipped, which counts it as not as extreme."""
+    n_layers, k = v.shape
+    z = rng.multivariate_normal(np.zeros(n_layers), layer_correlation(v, leave_out=target),
+                                size=(n_bootstrap, k))  # (B, K, L)
+    for draw in stats.norm.cdf(z):
+        simulated = np.stack([stats.gamma.ppf(draw[:, layer], null.shape, scale=null.scale)
+                              for layer, null in enumerate(nulls)])
+        if np.isfinite(simulated).all():
+            yield np.maximum(simulated, np.finfo(float).tiny)
+
+
 def joint_layer_pvalue(values: ArrayLike, *, n_bootstrap: int = 199,
                        random_state: int | np.random.Generator | None = 0) -> tuple[float, int, float]:
     """Bootstrap-calibrated p-value of the target most extreme over all layers together (see the module doc).
@@ -124,18 +141,10 @@ def joint_layer_pvalue(values: ArrayLike, *, n_bootstrap: int = 199,
     rng = bootstrap_generator(n_bootstrap, random_state)
     v = _check(values)
     observed, target, nulls = _pooled(v)
-    n_layers, k = v.shape
-    z = rng.multivariate_normal(np.zeros(n_layers), layer_correlation(v, leave_out=target),
-                                size=(int(n_bootstrap), k))  # (B, K, L)
-    uniform = stats.norm.cdf(z)
     as_extreme = 0
-    for draw in uniform:
-        simulated = np.stack([stats.gamma.ppf(draw[:, layer], null.shape, scale=null.scale)
-                              for layer, null in enumerate(nulls)])
-        if not np.isfinite(simulated).all():  # a quantile at 1.0 (z beyond ~8 sd): counts as not as extreme
-            continue
+    for simulated in _simulated_layers(v, nulls, target, int(n_bootstrap), rng):
         try:
-            as_extreme += _pooled(np.maximum(simulated, np.finfo(float).tiny))[0] <= observed
+            as_extreme += _pooled(simulated)[0] <= observed
         except DataError:  # a degenerate draw: counts as not as extreme
             continue
     return (1.0 + as_extreme) / (n_bootstrap + 1.0), target, observed
@@ -177,17 +186,10 @@ def pooled_layer_pvalue(values: ArrayLike, *, n_exclude: int = 3, n_bootstrap: i
     raw, flat = _pooled_raw(v, n_exclude)
     layer, target = divmod(flat, k)
     nulls = [max_statistic_null(row) for row in v]
-    z = rng.multivariate_normal(np.zeros(n_layers), layer_correlation(v, leave_out=target),
-                                size=(int(n_bootstrap), k))  # (B, K, L)
-    uniform = stats.norm.cdf(z)
     as_small = 0
-    for draw in uniform:
-        simulated = np.stack([stats.gamma.ppf(draw[:, i], null.shape, scale=null.scale)
-                              for i, null in enumerate(nulls)])
-        if not np.isfinite(simulated).all():  # a quantile at 1.0: counts as not as extreme
-            continue
+    for simulated in _simulated_layers(v, nulls, target, int(n_bootstrap), rng):
         try:
-            as_small += _pooled_raw(np.maximum(simulated, np.finfo(float).tiny), n_exclude)[0] <= raw
+            as_small += _pooled_raw(simulated, n_exclude)[0] <= raw
         except DataError:  # a degenerate draw: counts as not as extreme
             continue
     return (1.0 + as_small) / (n_bootstrap + 1.0), int(target), int(layer), float(raw)
