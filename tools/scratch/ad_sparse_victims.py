@@ -15,13 +15,13 @@ import torch
 from art_backdoor_ext.benchmarks.ad import PROFILES, _victim
 from art_backdoor_ext.datasets import load_dataset
 
-OLD = {"lr": 1e-3, "sparse_count": 300, "epochs": 4}
+OLD = {"lr": 1e-3, "single_source_count": 300, "epochs": 4}
 VARIANTS = {
     "old": OLD,
-    "c600": {**OLD, "sparse_count": 600},
+    "c600": {**OLD, "single_source_count": 600},
     "e8": {**OLD, "epochs": 8},
     "lr3": {**OLD, "lr": 3e-3},
-    "new": {**OLD, "lr": 3e-3, "sparse_count": 600},
+    "new": {**OLD, "lr": 3e-3, "single_source_count": 600},
 }
 
 
