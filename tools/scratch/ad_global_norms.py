@@ -8,12 +8,15 @@ or, like the full profile, drawn again while its ASR stays below 0.9, up to REDR
 per source (default: the profile's, 600 single-source and 300 per source since 2026-12-03). Prints one line per
 victim: norm, seed, ASR on triggered source-class test images, draws, clean test accuracy, and the default detector's
 p-value, verdict (detected, right target and source) and the rank of the true pair among the 90 statistics.
+``ad_global_norms.py --summary LOG [LOG ...]`` counts, per log of such lines, the victims found (right target
+and source, theta = 0.05) among all and among the successful attacks (ASR >= 0.9).
 The paper (CIFAR-10) picked the smallest norm with high ASR and negligible accuracy loss: 0.2 for global
 patterns (ASR 0.959), against the full profile's 2.0 until 2026-12-03 (1.0 since).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -48,6 +51,18 @@ def main(group: str, norms: list[float], seeds: list[int], redraws: int = 0, cou
                   f"({time.time() - start:.0f} s)", flush=True)
 
 
+def summary(paths: list[str]) -> None:
+    for path in paths:
+        rows = [(float(m.group(1)), m.group(2) == "True") for m in
+                (re.search(r"ASR ([0-9.]+),.* found (True|False)", line) for line in open(path)) if m]
+        kept = [found for asr, found in rows if asr >= 0.9]
+        print(f"{path}: found {sum(f for _, f in rows)} / {len(rows)} victims; "
+              f"successful attacks {len(kept)}, found {sum(kept)} ({sum(kept) / max(len(kept), 1):.2f})")
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--summary":
+        summary(sys.argv[2:])
+        sys.exit()
     main(sys.argv[1], [float(v) for v in sys.argv[2].split(",")], [int(v) for v in sys.argv[3].split(",")],
          int(sys.argv[4]) if len(sys.argv) > 4 else 0, int(sys.argv[5]) if len(sys.argv) > 5 else None)
