@@ -22,17 +22,20 @@ import time
 
 import torch
 
-from art_backdoor_ext.benchmarks.ad import PROFILES, _victim, pair_ranks
-from art_backdoor_ext.benchmarks.ad_statistics import GROUPS
+from art_backdoor_ext.benchmarks.ad import GROUPS, PROFILES, _verdict, _victim, pair_ranks
+from art_backdoor_ext.benchmarks.ad_statistics import THETA, outcome
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
+
+#: The full profile's success threshold: a redrawing attacker stops at it, and ``--summary`` counts by it.
+MIN_ASR = PROFILES["full"]["min_asr"]
 
 
 def main(group: str, norms: list[float], seeds: list[int], redraws: int = 0, count: int | None = None) -> None:
     torch.set_num_threads(1)
     data = load_dataset("fashion-mnist")
     for norm in norms:
-        cfg = {**PROFILES["full"], "global_norm": norm, "min_asr": 0.9 if redraws else None,
+        cfg = {**PROFILES["full"], "global_norm": norm, "min_asr": MIN_ASR if redraws else None,
                "redraws": redraws}
         if count is not None:
             cfg.update(count=count, single_source_count=count)
@@ -43,7 +46,7 @@ def main(group: str, norms: list[float], seeds: list[int], redraws: int = 0, cou
             accuracy = float((clf.predict(data.x_test).argmax(1) == data.y_test).mean())
             x, y = sample_per_class(data.x_test, data.y_test, cfg["per_class"], random_state=seed)
             report = OrderStatisticDetector(clf).scan(x, y)
-            right = report.detected and report.target == target and report.source in sources
+            right = _verdict(outcome(report, target, sources), THETA)[0]
             rank = pair_ranks(report.statistics, target, sources)
             print(f"norm {norm:g} seed {seed} {sources}->{target}: ASR {asr:.3f}, draws {draws}, "
                   f"accuracy {accuracy:.3f}, "
@@ -55,7 +58,7 @@ def summary(paths: list[str]) -> None:
     for path in paths:
         rows = [(float(m.group(1)), m.group(2) == "True") for m in
                 (re.search(r"ASR ([0-9.]+),.* found (True|False)", line) for line in open(path)) if m]
-        kept = [found for asr, found in rows if asr >= 0.9]
+        kept = [found for asr, found in rows if asr >= MIN_ASR]
         print(f"{path}: found {sum(f for _, f in rows)} / {len(rows)} victims; "
               f"successful attacks {len(kept)}, found {sum(kept)} ({sum(kept) / max(len(kept), 1):.2f})")
 
