@@ -46,10 +46,11 @@ def add_scan_parser(sub: Any, func: Any) -> None:
                       help="CEPA: all-to-one (default), class pairs or both")
     scan.add_argument("--calibration", choices=["bootstrap", "none"], default=None,
                       help="CEPA: bootstrap-calibrated all-to-one p-value (default) or the uncalibrated one")
-    scan.add_argument("--layer-pooling", choices=["sidak", "joint", "pooled"], default=None,
-                      help="CEPA: decide layer by layer with a Sidak correction (default), test the layers "
-                           "together (report.json's 'joint' holds that test either way) or pool their "
-                           "median-relative statistics under one null ('pooled')")
+    scan.add_argument("--layer-pooling", choices=["auto", "sidak", "joint", "pooled"], default=None,
+                      help="CEPA: 'auto' (default: 'pooled' for the calibrated all-to-one p-value over several "
+                           "layers, else 'sidak'), decide layer by layer with a Sidak correction ('sidak'), test "
+                           "the layers together ('joint'; report.json's 'joint' holds that test either way) or pool "
+                           "their median-relative statistics under one null ('pooled')")
     scan.add_argument("--significance", type=float, default=None, help="AD, CEPA: detection level (default 0.05)")
     scan.add_argument("--max-iter", type=int, default=None, help="iteration cap (default: the detector's)")
     scan.add_argument("--seed", type=int, default=0, help="random_state of the detector")

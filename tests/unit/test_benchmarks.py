@@ -322,7 +322,7 @@ def test_cepa_alternative_decisions_come_from_the_scan_statistics(fresh_classifi
     assert out["||mu||, p-value"] == (True, 3) and out["||mu||, MAD > 2"] == (True, 3)
     assert out["sigma/||mu||, MAD > 2"][0] is False  # the ratio is flat at both layers
     assert out["sigma, p-value"][0] is False  # target 3's sigma is the largest, not the smallest
-    assert out["default"] == out["sigma, p-value"]  # the default statistic is sigma, each layer on its own
+    assert out["default"] == out["sigma, layers pooled"]  # the default: sigma, the layers pooled ("auto")
     # a consensual outlier (small sigma/||mu||) at relu2 only: the MAD rule on the ratio finds it, the norm does not
     tight = rng.uniform(0.9, 1.1, 10)
     tight[7] = 0.02

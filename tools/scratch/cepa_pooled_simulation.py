@@ -36,8 +36,8 @@ def main(cvs: list[float], n_sets: int, evidence_kind: str = "inverse") -> None:
         pooled.append(pooled_layer_pvalue(evidence, n_bootstrap=199, random_state=i)[0])
     for name, ps in (("per layer, Sidak (default)", sidak), ("layers pooled", pooled)):
         ps_a = np.asarray(ps)
-        print(f"CV {cvs}, {n_sets} clean sets, evidence {evidence_kind}, {name}: flagged at 0.05 {np.mean(ps_a < 0.05):.3f}, "
-              f"at 0.01 {np.mean(ps_a < 0.01):.3f}")
+        print(f"CV {cvs}, {n_sets} clean sets, evidence {evidence_kind}, {name}: "
+              f"flagged at 0.05 {np.mean(ps_a < 0.05):.3f}, at 0.01 {np.mean(ps_a < 0.01):.3f}")
 
 
 if __name__ == "__main__":

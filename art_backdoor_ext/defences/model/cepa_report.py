@@ -18,8 +18,9 @@ class CEPAReport:
 
     :ivar detected: True when the (Sidak-corrected) p-value is below ``significance`` (``inference="p-value"``)
         or the anomaly index exceeds ``anomaly_threshold`` (``inference="mad"``).
-    :ivar p_value: ``1 - (1 - p_min)^m`` over the m tests (variant x layer; with ``layer_pooling="joint"`` the
-        all-to-one layers count as one test, ``joint``); the raw ones are in ``tests``.
+    :ivar p_value: ``1 - (1 - p_min)^m`` over the m tests (variant x layer; with ``layer_pooling="joint"`` or
+        ``"pooled"``, the default's choice for the all-to-one variant over several layers, those layers count as
+        one test, ``joint`` or ``pooled``); the raw ones are in ``tests``.
     :ivar anomaly_index: MAD anomaly index of the chosen test's most extreme statistic.
     :ivar target: putative target class of the most extreme test.
     :ivar source: its source class for the pair variant; None for the all-to-one variant (pooled sources).
