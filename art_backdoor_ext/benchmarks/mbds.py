@@ -15,6 +15,14 @@ Jumbo victim's trigger setting is drawn from its own seed and used whole, poison
 poison 5%). The shadow models do not depend on the victim, so
 MBDS is fitted once per shadow count and reused for every victim (``MBDS.for_classifier``); ``--models`` sets
 the number of victims per attack (3 in both profiles).
+
+A victim whose backdoor does not take (ASR below the profile's ``min_asr``) is drawn again, up to ``redraws``
+times, from the seed ``seed + REDRAW_STRIDE * draw`` (a new initialisation, poisoned subset and training order;
+for Jumbo a new trigger setting too): the paper's victims all carry their backdoor (Table II, ASR 99.2-99.99%),
+and the triggered inputs of a model without a backdoor are not backdoored inputs. When no draw reaches
+``min_asr`` the draw with the highest ASR is kept; the victims table shows the draws and the ASR of each.
+Besides F2 at the calibrated threshold, AUROC (threshold-free) says whether a low F2 is the score or the
+operating point.
 """
 
 from __future__ import annotations
@@ -30,10 +38,11 @@ import torch
 from art_backdoor_ext.attacks.jumbo import JumboDistribution
 from art_backdoor_ext.attacks.triggers import blend_trigger, patch_trigger
 from art_backdoor_ext.benchmarks import BenchmarkReport, memory_columns, register_benchmark
+from art_backdoor_ext.benchmarks.ad import REDRAW_STRIDE
 from art_backdoor_ext.datasets import load_dataset, split_for_defence
 from art_backdoor_ext.defences.sample import MBDS
 from art_backdoor_ext.ensemble import profile_training, train_ensemble, train_sequential
-from art_backdoor_ext.functional.metrics import f_beta, false_acceptance_rate, false_rejection_rate
+from art_backdoor_ext.functional.metrics import f_beta, false_acceptance_rate, false_rejection_rate, roc_auc
 from art_backdoor_ext.models import build_model, make_classifier
 from art_backdoor_ext.training import train_victim
 
@@ -43,11 +52,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     "fast": {"dataset": "digits", "arch": "digits-cnn", "reserve": 0.2, "attacker": 0.8, "train": None,
              "victim_epochs": 12, "victim_lr": 3e-3, "shadows": 16, "shadow_epochs": 40, "shadow_lr": 3e-3,
              "meta_epochs": 60, "sweep": (4, 8, 16, 64, 128), "speed_models": 8, "test": None, "victims": 3,
-             "victim_init_shadows": 16},
+             "victim_init_shadows": 16, "min_asr": 0.8, "redraws": 2},
     "full": {"dataset": "fashion-mnist", "arch": "badnets-cnn", "reserve": 0.04, "attacker": 0.5, "train": 20000,
              "victim_epochs": 4, "victim_lr": 1e-3, "shadows": 64, "shadow_epochs": 10, "shadow_lr": 1e-3,
              "meta_epochs": 30, "sweep": (8, 16, 32, 64), "speed_models": 16, "test": 2000, "victims": 3,
-             "victim_init_shadows": 16},
+             "victim_init_shadows": 16, "min_asr": 0.8, "redraws": 2},
 }
 ATTACKS = ("BadNets", "Blended", "Jumbo")
 #: Feature sources reported: the paper's black-box mode, the white-box mode with the shared (randomly initialised)
@@ -94,10 +103,11 @@ def _evaluate(det: MBDS, clf: Any, trigger: Any, target: int, x_test: np.ndarray
     out = {}
     for source in sources:
         start = time.perf_counter()
-        _, flagged = det.detect(x_eval, feature_source=source)
+        report, flagged = det.detect(x_eval, feature_source=source)
         # Accuracy: fraction of evaluation inputs (clean + triggered) whose MBDS decision is right.
         out[source] = {"Accuracy": float(np.mean(flagged == is_poison)), **_metrics(flagged, is_poison),
                        "F2 (effective triggers)": f_beta(flagged[effective], is_poison[effective], beta=2.0),
+                       "AUROC": roc_auc(np.asarray(report["scores"]), is_poison),
                        "detect s": time.perf_counter() - start}
     return out
 
@@ -137,24 +147,20 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
     for i, attack in enumerate(ATTACKS):
         for v in range(cfg["victims"]):
             seed = random_state + 100 + 10 * i + v
-            trigger, target, rate = _trigger(attack, seed, data.input_shape, data.nb_classes)
-            clf = make_classifier(build_model(cfg["arch"], random_state=seed))
-            victim = train_victim(clf, x_att, y_att, x_test, y_test, trigger, target=target, rate=rate,
-                                  nb_epochs=cfg["victim_epochs"], learning_rate=cfg["victim_lr"], random_state=seed)
-            victims.append({"attack": attack, "seed": seed, "target": target, "poison rate": rate,
-                            "BA": victim.benign_accuracy,
-                            "ASR": victim.attack_success_rate})
+            clf, trigger, target, victim_row = _victim(attack, seed, cfg, data, x_att, y_att, x_test, y_test)
+            victims.append(victim_row)
             for n, (det, _seconds) in fitted.items():
                 scores = _evaluate(det.for_classifier(clf, xr, yr), clf, trigger, target, x_test, y_test)
                 sweep_scores.append({"shadow models": n, "attack": attack,
                                      **{src: m["F2"] for src, m in scores.items()}})
                 if n == cfg["shadows"]:
-                    per_victim += [{"attack": attack, "seed": seed, "feature source": src, **m}
+                    per_victim += [{"attack": attack, "seed": victim_row["seed"], "feature source": src, **m}
                                    for src, m in scores.items()]
             if cfg.get("victim_init_shadows"):
                 metrics, seconds = _victim_initialised(clf, cfg, xr, yr, trigger, target, x_test, y_test,
                                                        shadow_seed)
-                per_victim.append({"attack": attack, "seed": seed, "feature source": VICTIM_INIT, **metrics})
+                per_victim.append({"attack": attack, "seed": victim_row["seed"], "feature source": VICTIM_INIT,
+                                   **metrics})
                 victim_init_fit_s.setdefault(attack, []).append(seconds)
             logger.info("bench mbds: %s victim %d done", attack, seed)
     sweep_rows = _sweep(sweep_scores, {n: seconds for n, (_det, seconds) in fitted.items()})
@@ -175,8 +181,38 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
                      f"feature source '{VICTIM_INIT}': white-box mode with {cfg.get('victim_init_shadows')} shadow "
                      "models fine-tuned from a copy of each victim (model_factory), one fit per victim (fit s: "
                      "its mean); the other two sources share one fit with randomly initialised shadows",
+                     f"victims redrawn while ASR < {cfg.get('min_asr')} (up to {cfg.get('redraws', 0)} redraws, seed "
+                     f"+ {REDRAW_STRIDE} per draw; the draw with the highest ASR kept); AUROC: threshold-free "
+                     "separation of the same scores (0.5 = none)",
                      PAPER]
     return report
+
+
+def _victim(attack: str, seed: int, cfg: dict[str, Any], data: Any, x_att: np.ndarray, y_att: np.ndarray,
+            x_test: np.ndarray, y_test: np.ndarray) -> tuple[Any, Any, int, dict[str, Any]]:
+    """The attack's victim, its trigger and target, and its row of the victims table. Draws again (a new seed:
+    initialisation, poisoned subset, training order, and for Jumbo the trigger setting) while the ASR stays below
+    ``cfg["min_asr"]``, up to ``cfg["redraws"]`` times, and keeps the draw with the highest ASR."""
+    min_asr = cfg.get("min_asr")
+    draws = 1 if min_asr is None else 1 + int(cfg.get("redraws", 0))
+    tried: list[tuple[float, Any, Any, int, dict[str, Any]]] = []
+    for draw in range(draws):
+        draw_seed = seed + REDRAW_STRIDE * draw
+        trigger, target, rate = _trigger(attack, draw_seed, data.input_shape, data.nb_classes)
+        clf = make_classifier(build_model(cfg["arch"], random_state=draw_seed))
+        victim = train_victim(clf, x_att, y_att, x_test, y_test, trigger, target=target, rate=rate,
+                              nb_epochs=cfg["victim_epochs"], learning_rate=cfg["victim_lr"], random_state=draw_seed)
+        asr = float(victim.attack_success_rate)
+        row = {"attack": attack, "seed": draw_seed, "target": target, "poison rate": rate,
+               "BA": victim.benign_accuracy, "ASR": asr}
+        tried.append((asr, clf, trigger, target, row))
+        if min_asr is None or asr >= min_asr:
+            break
+        logger.info("bench mbds: %s victim seed %d: ASR %.3f < %.2f on draw %d", attack, seed, asr, min_asr,
+                    draw + 1)
+    _asr, clf, trigger, target, row = max(tried, key=lambda t: t[0])
+    row = {**row, "draws": len(tried), "ASR per draw": " / ".join(f"{t[0]:.3f}" for t in tried)}
+    return clf, trigger, target, row
 
 
 def _victim_initialised(clf: Any, cfg: dict[str, Any], xr: np.ndarray, yr: np.ndarray, trigger: Any, target: int,
@@ -218,7 +254,7 @@ def _means(per_victim: list[dict[str, Any]], fit_s: float, victim_init_fit_s: di
             if not group:
                 continue
             row: dict[str, Any] = {"attack": attack, "feature source": source, "victims": len(group)}
-            for key in ("Accuracy", "FAR", "FRR", "F2", "F2 (effective triggers)"):
+            for key in ("Accuracy", "FAR", "FRR", "F2", "F2 (effective triggers)", "AUROC"):
                 row[key] = float(np.mean([r[key] for r in group]))
             row["min F2"] = float(np.min([r["F2"] for r in group]))
             row["fit s"] = float(np.mean(victim_init_fit_s[attack])) if source == VICTIM_INIT else fit_s

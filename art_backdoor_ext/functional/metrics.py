@@ -5,7 +5,8 @@
   acceptance rate FAR (backdoored inputs accepted as clean) and false rejection rate FRR (clean inputs
   rejected), as defined in MBDS (Li et al., 2022).
 - Model-level detection: detection accuracy over a group of models.
-- Score-level detection: the best F1 over all thresholds of a suspicion score (SDRM's protocol for SR).
+- Score-level detection: the best F1 over all thresholds of a suspicion score (SDRM's protocol for SR), and the
+  area under the ROC curve (threshold-free: how well a score separates, whatever the operating point).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "false_rejection_rate",
     "detection_accuracy",
     "best_f1",
+    "roc_auc",
 ]
 
 
@@ -163,3 +165,31 @@ def best_f1(scores: np.ndarray, is_poison: np.ndarray) -> tuple[float, float]:
     f1 = np.where(last_of_tie, 2.0 * true_positives / (flagged + positives), -1.0)
     best = int(np.argmax(f1))
     return float(f1[best]), float(sorted_scores[best])
+
+
+def roc_auc(scores: np.ndarray, is_poison: np.ndarray) -> float:
+    """Area under the ROC curve of a suspicion score (higher = more suspicious): the probability that a random
+    poisoned sample scores above a random clean one, ties counting one half (the Mann-Whitney statistic).
+
+    0.5 is a score that does not separate at all, 1.0 a perfect one; below 0.5 the score points the wrong way.
+
+    :raises DataError: shapes differ, non-finite scores, or only one class present (the area is undefined).
+    """
+    s = _as_1d(scores, "scores").astype(np.float64)
+    truth = _as_1d(is_poison, "is_poison").astype(bool)
+    if s.shape != truth.shape or s.size == 0:
+        raise DataError(f"scores {s.shape} and is_poison {truth.shape} must be non-empty and of equal shape")
+    if not np.all(np.isfinite(s)):
+        raise DataError("scores contain NaN or infinite values")
+    positives, negatives = int(truth.sum()), int((~truth).sum())
+    if positives == 0 or negatives == 0:
+        raise DataError("roc_auc needs both poisoned and clean samples")
+    # average ranks (ties share the mean of their ranks), then the rank-sum form of the Mann-Whitney U
+    order = np.argsort(s, kind="stable")
+    sorted_scores = s[order]
+    starts = np.r_[0, np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]) + 1]
+    ends = np.r_[starts[1:], len(s)]
+    ranks = np.empty(len(s), np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    u = ranks[truth].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))

@@ -13,6 +13,7 @@ from art_backdoor_ext.functional.metrics import (
     false_rejection_rate,
     precision,
     recall,
+    roc_auc,
 )
 
 # 10 samples: 4 poisoned (first four); flagged: 3 of the poisoned and 2 clean.
@@ -70,3 +71,21 @@ def test_best_f1_is_the_best_threshold_by_brute_force():
     assert best_f1(np.array([1.0, 2.0]), np.array([False, False])) == (0.0, float("inf"))
     with pytest.raises(DataError, match="equal shape"):
         best_f1(np.ones(3), np.ones(2, bool))
+
+
+def test_roc_auc_is_the_pairwise_win_rate_with_ties_halved():
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        scores = rng.integers(0, 5, size=20).astype(float)  # ties on purpose
+        truth = rng.random(20) < 0.5
+        truth[:2] = [True, False]
+        pos, neg = scores[truth], scores[~truth]
+        wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+        assert roc_auc(scores, truth) == pytest.approx(wins / (len(pos) * len(neg)))
+    assert roc_auc(np.array([0.9, 0.8, 0.1]), np.array([True, True, False])) == 1.0
+    assert roc_auc(np.array([0.1, 0.9]), np.array([True, False])) == 0.0
+    assert roc_auc(np.ones(4), np.array([True, False, True, False])) == 0.5
+    with pytest.raises(DataError, match="both"):
+        roc_auc(np.ones(3), np.ones(3, bool))
+    with pytest.raises(DataError, match="NaN"):
+        roc_auc(np.array([np.nan, 1.0]), np.array([True, False]))
