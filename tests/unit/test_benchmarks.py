@@ -122,6 +122,16 @@ def test_mbds_benchmark_tiny_run(monkeypatch):
             assert victim["poison rate"] == pytest.approx(p / (1 + p))
         else:
             assert victim["poison rate"] == 0.05
+    # every victim was drawn twice (ASR < 1.01) and the draw kept is the one with the higher ASR, whose seed
+    # every per-victim row carries
+    for i, victim in enumerate(victims):
+        base = 100 + 10 * (i // 2) + i % 2
+        asrs = [float(a) for a in victim["ASR per draw"].split(" / ")]
+        assert victim["draws"] == 2 and len(asrs) == 2
+        assert victim["ASR"] == pytest.approx(max(asrs), abs=1e-3)
+        assert victim["seed"] == base + mbds.REDRAW_STRIDE * int(np.argmax(asrs))
+        assert {r["seed"] for r in per_victim if r["attack"] == victim["attack"]} >= {victim["seed"]}
+    assert all(0.0 <= r["AUROC"] <= 1.0 for r in per_victim)
     json.dumps(report.to_dict())
 
 
@@ -268,16 +278,6 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
         for name in cepa.SAVED_STATISTICS:  # every victim's per-target statistics, per layer
             assert report.arrays[f"{victim['group']}/{victim['seed']}/relu3/{name}"].shape == (10,)
     assert any("decided by statistic='sigma' (CEPA's default)" in note for note in report.notes)
-    # every victim was drawn twice (ASR < 1.01) and the draw kept is the one with the higher ASR, whose seed
-    # every per-victim row carries
-    for i, victim in enumerate(victims):
-        base = 100 + 10 * (i // 2) + i % 2
-        asrs = [float(a) for a in victim["ASR per draw"].split(" / ")]
-        assert victim["draws"] == 2 and len(asrs) == 2
-        assert victim["ASR"] == pytest.approx(max(asrs), abs=1e-3)
-        assert victim["seed"] == base + mbds.REDRAW_STRIDE * int(np.argmax(asrs))
-        assert {r["seed"] for r in per_victim if r["attack"] == victim["attack"]} >= {victim["seed"]}
-    assert all(0.0 <= r["AUROC"] <= 1.0 for r in per_victim)
     json.dumps(report.to_dict())
 
 
