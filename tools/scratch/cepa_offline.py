@@ -107,6 +107,12 @@ def decide(values_by_layer: dict[str, np.ndarray], seed: int, joint: bool = Fals
     return sidak_correction(p, len(tests)), int(row), ranks
 
 
+def pooled_default(run_dir: str) -> bool:
+    """Whether the run's default decided with the layers pooled (``layer_pooling="auto"``, since 2026-12-03)."""
+    (report_path,) = Path(run_dir).glob("cepa-*[!s].json")
+    return "layer_pooling='auto'" in report_path.read_text()
+
+
 SIGMA_ONLY = ("consensus ||mu||/sigma", "1/sigma", "1/sigma (joint layers)", "consensus ||mu||/sigma (joint layers)")
 SPREADS = ("consensus ||mu||/sigma", "1/sigma", "1/sigma (layers pooled)", "per-unit |delta|/sigma") + NEEDS_DIAGNOSTICS
 
@@ -121,6 +127,8 @@ def main(run_dirs: list[str], names: tuple[str, ...] = tuple(STATISTICS)) -> Non
             line = [f"{group} {seed} (target {target})"]
             saved = {k.split("/")[3] for k in arrays if k.startswith(f"{group}/{seed}/")}
             default = "1/sigma" if statistic_of(run_dir) == "sigma" else "consensus ||mu||/sigma"
+            if default == "1/sigma" and pooled_default(run_dir):  # runs since 2026-12-03 decide pooled
+                default = "1/sigma (layers pooled)"
             for name, statistic in ((n, STATISTICS[n]) for n in names):
                 if name in NEEDS_DIAGNOSTICS and "class_sigma" not in saved:
                     continue
