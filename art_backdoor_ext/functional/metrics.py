@@ -139,6 +139,17 @@ def detection_accuracy(detected: np.ndarray, is_attacked: np.ndarray) -> float:
     return float(np.mean(d == a))
 
 
+def _scores_and_truth(scores: np.ndarray, is_poison: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float64 scores and boolean truth of equal, non-zero length."""
+    s = _as_1d(scores, "scores").astype(np.float64)
+    truth = _as_1d(is_poison, "is_poison").astype(bool)
+    if s.shape != truth.shape or s.size == 0:
+        raise DataError(f"scores {s.shape} and is_poison {truth.shape} must be non-empty and of equal shape")
+    if not np.all(np.isfinite(s)):
+        raise DataError("scores contain NaN or infinite values")
+    return s, truth
+
+
 def best_f1(scores: np.ndarray, is_poison: np.ndarray) -> tuple[float, float]:
     """The largest F1 of ``scores >= threshold`` over all thresholds, and the threshold reaching it.
 
@@ -148,12 +159,7 @@ def best_f1(scores: np.ndarray, is_poison: np.ndarray) -> tuple[float, float]:
 
     :return: (F1, threshold).
     """
-    s = _as_1d(scores, "scores").astype(np.float64)
-    truth = _as_1d(is_poison, "is_poison").astype(bool)
-    if s.shape != truth.shape or s.size == 0:
-        raise DataError(f"scores {s.shape} and is_poison {truth.shape} must be non-empty and of equal shape")
-    if not np.all(np.isfinite(s)):
-        raise DataError("scores contain NaN or infinite values")
+    s, truth = _scores_and_truth(scores, is_poison)
     positives = int(truth.sum())
     if positives == 0:
         return 0.0, float("inf")
@@ -175,12 +181,7 @@ def roc_auc(scores: np.ndarray, is_poison: np.ndarray) -> float:
 
     :raises DataError: shapes differ, non-finite scores, or only one class present (the area is undefined).
     """
-    s = _as_1d(scores, "scores").astype(np.float64)
-    truth = _as_1d(is_poison, "is_poison").astype(bool)
-    if s.shape != truth.shape or s.size == 0:
-        raise DataError(f"scores {s.shape} and is_poison {truth.shape} must be non-empty and of equal shape")
-    if not np.all(np.isfinite(s)):
-        raise DataError("scores contain NaN or infinite values")
+    s, truth = _scores_and_truth(scores, is_poison)
     positives, negatives = int(truth.sum()), int((~truth).sum())
     if positives == 0 or negatives == 0:
         raise DataError("roc_auc needs both poisoned and clean samples")
