@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -195,7 +195,8 @@ def _victim(attack: str, seed: int, cfg: dict[str, Any], data: Any, x_att: np.nd
     ``cfg["min_asr"]``, up to ``cfg["redraws"]`` times, and keeps the draw with the highest ASR."""
     min_asr = cfg.get("min_asr")
     draws = 1 if min_asr is None else 1 + int(cfg.get("redraws", 0))
-    tried: list[tuple[float, Any, Any, int, dict[str, Any]]] = []
+    asrs: list[float] = []
+    best: tuple[Any, Any, int, dict[str, Any]] | None = None  # the highest-ASR draw so far (the first on ties)
     for draw in range(draws):
         draw_seed = seed + REDRAW_STRIDE * draw
         trigger, target, rate = _trigger(attack, draw_seed, data.input_shape, data.nb_classes)
@@ -205,13 +206,15 @@ def _victim(attack: str, seed: int, cfg: dict[str, Any], data: Any, x_att: np.nd
         asr = float(victim.attack_success_rate)
         row = {"attack": attack, "seed": draw_seed, "target": target, "poison rate": rate,
                "BA": victim.benign_accuracy, "ASR": asr}
-        tried.append((asr, clf, trigger, target, row))
+        if best is None or asr > max(asrs):
+            best = (clf, trigger, target, row)
+        asrs.append(asr)
         if min_asr is None or asr >= min_asr:
             break
         logger.info("bench mbds: %s victim seed %d: ASR %.3f < %.2f on draw %d", attack, seed, asr, min_asr,
                     draw + 1)
-    _asr, clf, trigger, target, row = max(tried, key=lambda t: t[0])
-    row = {**row, "draws": len(tried), "ASR per draw": " / ".join(f"{t[0]:.3f}" for t in tried)}
+    clf, trigger, target, row = cast(tuple[Any, Any, int, dict[str, Any]], best)  # set on the first draw
+    row = {**row, "draws": len(asrs), "ASR per draw": " / ".join(f"{a:.3f}" for a in asrs)}
     return clf, trigger, target, row
 
 

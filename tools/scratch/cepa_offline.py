@@ -121,13 +121,14 @@ def main(run_dirs: list[str], names: tuple[str, ...] = tuple(STATISTICS)) -> Non
     verdicts: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for run_dir in run_dirs:
         victims, arrays = load(Path(run_dir))
+        run_statistic, run_pooled = statistic_of(run_dir), pooled_default(run_dir)  # read once per run
         for v in victims:
             group, seed, target = v["group"], v["seed"], v["target"]
             layers = sorted({k.split("/")[2] for k in arrays if k.startswith(f"{group}/{seed}/")})
             line = [f"{group} {seed} (target {target})"]
             saved = {k.split("/")[3] for k in arrays if k.startswith(f"{group}/{seed}/")}
-            default = "1/sigma" if statistic_of(run_dir) == "sigma" else "consensus ||mu||/sigma"
-            if default == "1/sigma" and pooled_default(run_dir):  # runs since 2026-12-03 decide pooled
+            default = "1/sigma" if run_statistic == "sigma" else "consensus ||mu||/sigma"
+            if default == "1/sigma" and run_pooled:  # runs since 2026-12-03 decide pooled
                 default = "1/sigma (layers pooled)"
             for name, statistic in ((n, STATISTICS[n]) for n in names):
                 if name in NEEDS_DIAGNOSTICS and "class_sigma" not in saved:
