@@ -7,13 +7,16 @@ decision thresholds calibrated on clean scores at a target false rejection rate 
   base 2), with ``0 log 0 = 0``.
 - :func:`l1_distance`: ``||p - q||_1`` per row (feature squeezing, Xu et al., 2018).
 - :func:`threshold_at_frr` / :func:`flag_scores`: a threshold from clean scores such that at most ``target_frr`` of
-  those clean scores are flagged, for scores where high (feature squeezing) or low (STRIP) is suspicious.
+  those clean scores are flagged, for scores where high (feature squeezing) or low (STRIP) is suspicious;
+  ``method="conformal"`` instead bounds the expected FRR on *new* clean inputs exchangeable with the calibration
+  ones (split-conformal rank, Vovk et al., 2005), and :func:`realised_frr_interval` gives the spread of the FRR
+  such a threshold realises.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import beta, norm
 
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 
@@ -24,6 +27,8 @@ __all__ = [
     "prediction_entropy",
     "l1_distance",
     "threshold_at_frr",
+    "conformal_rank",
+    "realised_frr_interval",
     "flag_scores",
 ]
 
@@ -100,7 +105,13 @@ def threshold_at_frr(
 
     With :func:`flag_scores` (strict inequality), ``method="quantile"`` flags at most ``target_frr`` of
     ``clean_scores`` (the empirical quantile, never rounded towards more rejections); ``method="normal"`` fits a
-    normal distribution to the clean scores and takes its ``target_frr`` tail quantile (STRIP's choice).
+    normal distribution to the clean scores and takes its ``target_frr`` tail quantile (STRIP's choice);
+    ``method="conformal"`` takes the ``k``-th most suspicious clean score with ``k = floor((M + 1) target_frr)``
+    (:func:`conformal_rank`), so that a new clean input exchangeable with the M calibration ones is flagged with
+    probability at most ``k / (M + 1) <= target_frr`` (continuous scores). The empirical quantile can exceed the
+    target on new inputs (at M = 50 and 5% it takes the 3rd largest score: 3 / 51 = 5.9% expected). Where
+    ``(M + 1) target_frr < 1`` no threshold bounds it; the most suspicious score is returned (expected FRR
+    ``1 / (M + 1)``).
 
     :param clean_scores: Scores of clean inputs (M,), M >= 2.
     :param target_frr: In (0, 1).
@@ -117,11 +128,45 @@ def threshold_at_frr(
         if higher_is_suspicious:
             return float(np.quantile(scores, 1.0 - target_frr, method="higher"))
         return float(np.quantile(scores, target_frr, method="lower"))
+    if method == "conformal":
+        rank = max(conformal_rank(len(scores), target_frr), 1)
+        ordered = np.sort(scores)
+        return float(ordered[-rank] if higher_is_suspicious else ordered[rank - 1])
     if method == "normal":
         loc, scale = float(scores.mean()), float(scores.std(ddof=1))
         q = 1.0 - target_frr if higher_is_suspicious else target_frr
         return float(norm.ppf(q, loc=loc, scale=scale)) if scale > 0 else loc
-    raise InvalidParameterError(f"method must be 'quantile' or 'normal', got {method!r}")
+    raise InvalidParameterError(f"method must be 'quantile', 'conformal' or 'normal', got {method!r}")
+
+
+def conformal_rank(n_calibration: int, target_frr: float) -> int:
+    """Largest rank ``k`` (1 = most suspicious) whose calibration score bounds the expected FRR by ``target_frr``.
+
+    ``k = floor((n + 1) target_frr)``: a new score exchangeable with ``n`` calibration scores lies above their
+    ``k``-th most suspicious one with probability ``k / (n + 1)``. 0 means no calibration score achieves the bound.
+    """
+    if n_calibration < 1:
+        raise DataError(f"n_calibration must be >= 1, got {n_calibration}")
+    if not 0 < target_frr < 1:
+        raise InvalidParameterError(f"target_frr must lie in (0, 1), got {target_frr}")
+    return int(np.floor((n_calibration + 1) * target_frr + 1e-9))
+
+
+def realised_frr_interval(n_calibration: int, rank: int, coverage: float = 0.9) -> tuple[float, float, float]:
+    """Expected value and central ``coverage`` interval of the FRR that a rank-``rank`` threshold realises.
+
+    With the threshold at the ``rank``-th most suspicious of ``n_calibration`` exchangeable continuous clean
+    scores, the probability that a new clean score lies beyond it is Beta(rank, n + 1 - rank) distributed over
+    draws of the calibration set. Returns ``(mean, low, high)``: how far a single fit's FRR on a large test set
+    may land from its target.
+    """
+    if not 1 <= rank <= n_calibration:
+        raise DataError(f"rank must lie in [1, n_calibration={n_calibration}], got {rank}")
+    if not 0 < coverage < 1:
+        raise InvalidParameterError(f"coverage must lie in (0, 1), got {coverage}")
+    a, b = rank, n_calibration + 1 - rank
+    tail = (1.0 - coverage) / 2
+    return a / (a + b), float(beta.ppf(tail, a, b)), float(beta.ppf(1.0 - tail, a, b))
 
 
 def flag_scores(scores: np.ndarray, threshold: float, *, higher_is_suspicious: bool = True) -> np.ndarray:

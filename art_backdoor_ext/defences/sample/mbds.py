@@ -14,8 +14,10 @@ Choices this implementation makes where the paper is silent (each documented in 
 - The reserve is split (stratified) into three disjoint parts: shadow training (jumbo datasets are built from
   it), meta training (its clean samples and their triggered copies are passed through each trained shadow model,
   so meta features come from inputs the shadow model has not been trained on, like test-time inputs) and
-  calibration (clean samples only; the threshold is the ``1 - target_frr`` quantile of their scores, computed
-  separately for each feature source).
+  calibration (clean samples only; the threshold is their ``k``-th highest score, ``k = floor((n + 1)
+  target_frr)``, so that the expected FRR on new clean inputs is at most ``target_frr`` (split-conformal rank),
+  computed separately for each feature source; ``fit_report_["calibration_frr"]`` gives the spread of the FRR one
+  fit realises).
 - Feature maps are standardised per channel with the clean meta-training statistics of their extractor (each
   shadow model, or the victim), so that the meta-classifier sees comparable scales from every extractor.
 - ``feature_source="shadow"`` (black-box, the paper's setting) scores an input by the mean meta-classifier
@@ -65,6 +67,7 @@ from art_backdoor_ext.defences.sample._meta import (
 )
 from art_backdoor_ext.ensemble import train_ensemble
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
+from art_backdoor_ext.functional.detection import conformal_rank, realised_frr_interval, threshold_at_frr
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +100,8 @@ class MBDS(ParamsMixin, EvasionDetector):
         ``(D, 1, 1)``.
     :param feature_source: ``"shadow"`` (black-box: mean score over the shadow extractors) or ``"victim"``
         (white-box: the classifier's own feature map at ``feature_layer``).
-    :param target_frr: False rejection rate the threshold is calibrated for, on held-out clean reserve samples.
+    :param target_frr: Bound on the expected false rejection rate on new clean inputs: the threshold is the
+        ``floor((n + 1) target_frr)``-th highest score of the ``n`` held-out clean calibration samples.
     :param distribution: The :class:`JumboDistribution` of backdoor settings (``None``: MNTD's defaults).
     :param shadow_epochs: Training epochs of each shadow model.
     :param shadow_batch_size: Mini-batch size of shadow training.
@@ -300,6 +304,7 @@ class MBDS(ParamsMixin, EvasionDetector):
             "reserve_split": {"shadow": len(idx_shadow), "meta": len(idx_meta), "calibration": len(idx_cal)},
             "filters": counts, "shadow_clean_accuracy_mean": float(np.mean(shadow_acc)),
             "shadow_attack_success_mean": float(np.mean(shadow_asr)), "thresholds": dict(self._thresholds),
+            "calibration_frr": _calibration_frr(len(idx_cal), self.target_frr),
             "seconds": time.perf_counter() - start})
         logger.info("MBDS fitted: %s", self.fit_report_)
 
@@ -549,5 +554,12 @@ def _balance(is_poison: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _threshold(clean_scores: np.ndarray, target_frr: float) -> float:
-    """Smallest threshold with at most ``target_frr`` of the clean scores above it."""
-    return float(np.quantile(clean_scores, 1.0 - target_frr, method="higher"))
+    """The calibration score whose rank bounds the expected FRR on new clean inputs by ``target_frr``."""
+    return threshold_at_frr(clean_scores, target_frr, method="conformal")
+
+
+def _calibration_frr(n_calibration: int, target_frr: float) -> dict[str, Any]:
+    """Rank of the threshold among the calibration scores, expected FRR and its 90% range over calibration draws."""
+    rank = max(conformal_rank(n_calibration, target_frr), 1)
+    mean, low, high = realised_frr_interval(n_calibration, rank, coverage=0.9)
+    return {"n_calibration": n_calibration, "rank": rank, "expected": mean, "interval_90": [low, high]}

@@ -42,7 +42,19 @@ def test_fit_report_and_layer(fitted):
     f = r["filters"]
     assert 0 < f["clean_kept"] <= f["clean"] and 0 < f["poison_kept"] <= f["poison"] - f["poison_target_label_dropped"]
     assert f["meta_training_samples"] == 2 * min(f["clean_kept"], f["poison_kept"])
+    # 60 calibration images at 5%: the floor(61 * 0.05) = 3rd highest score, expected FRR 3 / 61
+    cal = r["calibration_frr"]
+    assert cal["n_calibration"] == 60 and cal["rank"] == 3 and cal["expected"] == pytest.approx(3 / 61)
+    assert cal["interval_90"][0] < cal["expected"] < cal["interval_90"][1]
     json.dumps(r)
+
+
+def test_threshold_is_the_conformal_rank_of_the_calibration_scores(fitted, split):
+    (xr, yr), _ = split
+    _, _, idx_cal = fitted._split(yr, fitted._split_seed)
+    for source in ("shadow", "victim"):
+        scores = np.sort(fitted.score(xr[idx_cal], feature_source=source))
+        assert fitted.thresholds[source] == scores[-3]  # two calibration scores above it, not three
 
 
 def test_triggered_inputs_score_higher_and_frr_near_target(fitted, split):

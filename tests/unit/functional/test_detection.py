@@ -6,10 +6,12 @@ from scipy.stats import norm
 
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 from art_backdoor_ext.functional.detection import (
+    conformal_rank,
     flag_scores,
     is_probability_matrix,
     l1_distance,
     prediction_entropy,
+    realised_frr_interval,
     softmax,
     threshold_at_frr,
     to_probabilities,
@@ -86,5 +88,46 @@ def test_threshold_errors():
         threshold_at_frr(np.array([1.0, np.nan]), 0.1)
     with pytest.raises(InvalidParameterError, match=r"target_frr must lie in \(0, 1\)"):
         threshold_at_frr(np.ones(3), 1.0)
-    with pytest.raises(InvalidParameterError, match="method"):
+    with pytest.raises(InvalidParameterError, match="method must be"):
         threshold_at_frr(np.ones(3), 0.1, method="median")
+
+
+def _exceedances(n_cal: int, frr: float, method: str, draws: int = 4000) -> np.ndarray:
+    """Realised FRR on a fresh normal test draw of thresholds set on independent normal calibration draws."""
+    rng = np.random.default_rng(1)
+    cal = rng.normal(size=(draws, n_cal))
+    thresholds = np.array([threshold_at_frr(c, frr, method=method) for c in cal])
+    return norm.sf(thresholds)  # exact FRR on the whole (normal) clean population
+
+
+def test_conformal_threshold_bounds_the_expected_frr_on_new_inputs_where_the_quantile_does_not():
+    conformal, empirical = _exceedances(50, 0.05, "conformal"), _exceedances(50, 0.05, "quantile")
+    assert conformal.mean() <= 0.05  # 2 / 51 = 0.039 in theory
+    assert conformal.mean() == pytest.approx(2 / 51, abs=0.003)
+    assert empirical.mean() > 0.05  # 3rd largest of 50: 3 / 51 = 0.059
+    low_is_suspicious = threshold_at_frr(np.arange(50.0), 0.05, higher_is_suspicious=False, method="conformal")
+    assert flag_scores(np.arange(50.0), low_is_suspicious, higher_is_suspicious=False).sum() == 1  # rank 2 -> 1 below
+
+
+def test_conformal_rank():
+    assert conformal_rank(50, 0.05) == 2
+    assert conformal_rank(19, 0.05) == 1  # (19 + 1) * 0.05 = 1 exactly
+    assert conformal_rank(10, 0.05) == 0  # no score bounds 5% with 10 scores
+    assert threshold_at_frr(np.arange(10.0), 0.05, method="conformal") == 9.0  # then the maximum
+    with pytest.raises(DataError, match="n_calibration"):
+        conformal_rank(0, 0.05)
+    with pytest.raises(InvalidParameterError, match="target_frr"):
+        conformal_rank(10, 0.0)
+
+
+def test_realised_frr_interval_covers_the_simulated_spread():
+    mean, low, high = realised_frr_interval(50, 2, coverage=0.9)
+    realised = _exceedances(50, 0.05, "conformal")
+    assert mean == pytest.approx(2 / 51)
+    assert low < mean < high
+    assert np.mean((realised >= low) & (realised <= high)) == pytest.approx(0.9, abs=0.02)
+    assert np.mean(realised > high) == pytest.approx(0.05, abs=0.015)
+    with pytest.raises(DataError, match="rank"):
+        realised_frr_interval(50, 0)
+    with pytest.raises(InvalidParameterError, match="coverage"):
+        realised_frr_interval(50, 2, coverage=1.0)
