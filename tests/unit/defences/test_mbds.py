@@ -136,6 +136,27 @@ def test_deterministic_and_input_not_mutated(badnets_victim, split):
         model.train(was_training)
 
 
+def test_sequential_shadow_trainer_gives_the_same_detector(badnets_victim, split, monkeypatch):
+    import art_backdoor_ext.defences.sample.mbds as mbds_module
+
+    (xr, yr), (xe, _) = split
+    params = {**FAST, "n_shadow_models": 2, "shadow_epochs": 5, "meta_epochs": 5}
+    batched = MBDS(badnets_victim.classifier, random_state=3, **params)
+    sequential = MBDS(badnets_victim.classifier, random_state=3, shadow_trainer="sequential", **params)
+    batched.fit(xr, yr)
+    calls = []
+    real = mbds_module.train_sequential
+    monkeypatch.setattr(mbds_module, "train_sequential", lambda *a, **k: calls.append(1) or real(*a, **k))
+    sequential.fit(xr, yr)
+    assert calls == [1]
+    for a, b in zip(batched._shadow, sequential._shadow):
+        for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+            torch.testing.assert_close(pa, pb, rtol=1e-3, atol=1e-4, msg=name)
+    np.testing.assert_allclose(batched.score(xe), sequential.score(xe), atol=1e-3)
+    with pytest.raises(InvalidParameterError, match="shadow_trainer"):
+        MBDS(badnets_victim.classifier, shadow_trainer="parallel")
+
+
 def test_poison_filter_adapter(fitted, badnets_victim, split):
     _, (xe, ye) = split
     x = np.concatenate([xe[:40], white_patch(xe[ye != 0][:10])])
