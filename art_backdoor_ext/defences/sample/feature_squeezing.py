@@ -49,7 +49,8 @@ class FeatureSqueezingDetector(CalibratedDetector):
         2x2 for MNIST and CIFAR-10, 2x2 and 3x3 for ImageNet).
     :param target_frr: False rejection rate the threshold is set for on the clean inputs given to :meth:`fit`
         (paper: 5%).
-    :param threshold_method: ``"quantile"`` (the empirical quantile, as in the paper) or ``"normal"``.
+    :param threshold_method: ``"quantile"`` (the empirical quantile, as in the paper), ``"normal"`` or
+        ``"conformal"`` (the split-conformal rank: expected FRR on new clean inputs at most ``target_frr``).
     :param output: What the model returns: ``"auto"``, ``"logits"`` or ``"probabilities"``.
     :param batch_size: Forward-pass batch size.
     :param verbose: Unused (the detector is a few forward passes); kept for a uniform interface.
@@ -67,7 +68,7 @@ class FeatureSqueezingDetector(CalibratedDetector):
         "bit_depths": [Instance((tuple, list), "a tuple of ints")],
         "median_sizes": [Instance((tuple, list), "a tuple of ints")],
         "target_frr": [Interval(float, 0, 1, closed="neither")],
-        "threshold_method": [Options(("quantile", "normal"))],
+        "threshold_method": [Options(("quantile", "normal", "conformal"))],
         "output": [Options(("auto", "logits", "probabilities"))],
         "batch_size": [Interval(int, 1, None)],
         "verbose": [Instance(bool)],

@@ -61,7 +61,8 @@ class STRIP(CalibratedDetector):
     :param target_frr: False rejection rate the threshold is set for on the clean inputs given to :meth:`fit`
         (paper: 1%).
     :param threshold_method: ``"normal"`` (the paper: the ``target_frr`` quantile of a normal fit to the clean
-        entropies) or ``"quantile"`` (the empirical quantile).
+        entropies), ``"quantile"`` (the empirical quantile) or ``"conformal"`` (the split-conformal rank: expected FRR
+        on new clean inputs at most ``target_frr``, :func:`~art_backdoor_ext.functional.detection.threshold_at_frr`).
     :param output: What the model returns: ``"auto"``, ``"logits"`` or ``"probabilities"``.
     :param batch_size: Superimposed copies per forward pass.
     :param random_state: Seed or generator of the superimposed images' draws.
@@ -81,7 +82,7 @@ class STRIP(CalibratedDetector):
         "superimposition": [Options(("average", "add"))],
         "alpha": [Interval(float, 0, 1, closed="neither")],
         "target_frr": [Interval(float, 0, 1, closed="neither")],
-        "threshold_method": [Options(("normal", "quantile"))],
+        "threshold_method": [Options(("normal", "quantile", "conformal"))],
         "output": [Options(("auto", "logits", "probabilities"))],
         "batch_size": [Interval(int, 1, None)],
         "random_state": [Interval(int, 0, None), Instance(np.random.Generator), None],

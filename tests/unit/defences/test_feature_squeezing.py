@@ -69,6 +69,18 @@ def test_distances_use_arts_squeezers_and_score_is_their_max(badnets_victim, dig
     assert fs.fit_report_["calibration_frr"] <= 0.05
 
 
+def test_conformal_threshold_takes_the_rank_that_bounds_the_expected_frr(badnets_victim, digits):
+    x = digits.x_test[:49]
+    conformal = FeatureSqueezingDetector(badnets_victim.classifier, target_frr=0.05, threshold_method="conformal")
+    conformal.fit(x)
+    quantile = FeatureSqueezingDetector(badnets_victim.classifier, target_frr=0.05)
+    quantile.fit(x)
+    scores = np.sort(conformal.score(x))
+    assert len(np.unique(scores[-4:])) == 4  # distinct top scores, so the ranks are told apart
+    assert conformal.threshold == pytest.approx(scores[-2])  # floor(50 * 0.05) = 2nd highest: expected FRR 2 / 50
+    assert quantile.threshold == pytest.approx(scores[-3])  # at most 5% of the 49 flagged: the 3rd highest
+
+
 def test_logits_and_probability_models_agree(images):
     binary, grey = images
     scores = []
