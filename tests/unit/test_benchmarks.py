@@ -132,6 +132,9 @@ def test_mbds_benchmark_tiny_run(monkeypatch):
         assert victim["seed"] == base + mbds.REDRAW_STRIDE * int(np.argmax(asrs))
         assert {r["seed"] for r in per_victim if r["attack"] == victim["attack"]} >= {victim["seed"]}
     assert all(0.0 <= r["AUROC"] <= 1.0 for r in per_victim)
+    # the threshold's spread is stated: 50 calibration images at 5% -> the 2nd highest, expected 2 / 51
+    assert any(note.startswith("threshold: rank 2 from the top of 50 ") and "expected FRR 0.039" in note
+               for note in report.notes)
     json.dumps(report.to_dict())
 
 
