@@ -68,7 +68,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         random_state=args.seed,
         verbose=not args.quiet,
     )
-    text = {"markdown": result.to_markdown, "csv": result.to_csv, "json": result.to_json}[args.format]()
+    text = {"markdown": result.to_markdown, "csv": result.to_csv, "json": result.to_json,
+            "summary": result.to_summary}[args.format]()
     if args.output:
         Path(args.output).write_text(text)
         print(f"written to {args.output}")
@@ -132,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--rate", type=float, default=0.05)
     ev.add_argument("--epochs", type=int, default=None)
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown")
+    ev.add_argument("--format", choices=["markdown", "csv", "json", "summary"], default="markdown",
+                    help="'markdown', 'csv', 'json': one row per attack, model, defence and layer; 'summary': one "
+                         "table, a row per defence and a column per attack, over the models")
     ev.add_argument("--output")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_evaluate)

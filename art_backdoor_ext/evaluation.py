@@ -186,6 +186,43 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
+    def to_summary(self) -> str:
+        """One Markdown table: a row per (defence, layer), a column per attack, each cell over the attack's models.
+
+        Poison filters and sample detectors: mean F1. Model scanners: ``k/n`` models detected with the right
+        target (``+w wrong``: detections that name another target). Transformers: the repaired model's mean ASR
+        and BA. The first row gives the victims' mean BA / ASR.
+        """
+        attacks = list(dict.fromkeys(r.attack for r in self.rows))
+        keys = list(dict.fromkeys((r.defence, r.kind, r.layer) for r in self.rows))
+        victims = {a: {(r.model_seed, r.benign_accuracy, r.attack_success_rate) for r in self.rows if r.attack == a}
+                   for a in attacks}
+        lines = ["| defence | kind | layer | " + " | ".join(attacks) + " |", "|---|---|---|" + "---|" * len(attacks),
+                 "| victims (BA / ASR) | - | - | " + " | ".join(
+                     f"{np.mean([v[1] for v in victims[a]]):.3f} / {np.mean([v[2] for v in victims[a]]):.3f}"
+                     for a in attacks) + " |"]
+        for defence, kind, layer in keys:
+            cells = [_summary_cell(kind, [r for r in self.rows if (r.defence, r.kind, r.layer) == (defence, kind, layer)
+                                          and r.attack == a]) for a in attacks]
+            lines.append(f"| {defence} | {kind} | {layer} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _summary_cell(kind: str, rows: list[ResultRow]) -> str:
+    if not rows:
+        return "-"
+    if kind == "model-scanner":
+        right = sum(bool(r.detected) and r.found_target == r.true_target for r in rows)
+        wrong = sum(bool(r.detected) and r.found_target != r.true_target for r in rows)
+        return f"{right}/{len(rows)}" + (f" (+{wrong} wrong)" if wrong else "")
+    if kind == "transformer":
+        asr = [r.repaired_attack_success_rate for r in rows if r.repaired_attack_success_rate is not None]
+        ba = [r.repaired_benign_accuracy for r in rows if r.repaired_benign_accuracy is not None]
+        return f"ASR {np.mean(asr):.3f}, BA {np.mean(ba):.3f}" if asr and ba else "-"
+    f1 = [r.f1 for r in rows if r.f1 is not None]
+    return f"{np.mean(f1):.3f}" if f1 else "-"
+
+
 def train_reference_victim(
     attack: str, *, dataset: str = "digits", random_state: int = 0, rate: float = 0.05, target: int = 0,
     nb_epochs: int | None = None, data: Any = None, verbose: bool = False,

@@ -34,6 +34,27 @@ def test_exporters():
     assert md[0].startswith("| attack | defence") and "0.667" in md[2] and "| - |" in md[3]
 
 
+def test_summary_is_one_table_of_defences_by_attacks():
+    rows = [_row(model_seed=0, f1=0.5), _row(model_seed=1, f1=1.0, attack_success_rate=0.8),
+            _row(attack="blend", f1=None),
+            _row(defence="ad", kind="model-scanner", layer="input", f1=None, detected=True, found_target=0),
+            _row(defence="ad", kind="model-scanner", layer="input", model_seed=1, f1=None, detected=True,
+                 found_target=3, attack_success_rate=0.8),
+            _row(defence="ad", kind="model-scanner", layer="input", attack="blend", f1=None, detected=False,
+                 found_target=None),
+            _row(defence="fp", kind="transformer", layer="conv2", f1=None, repaired_attack_success_rate=0.1,
+                 repaired_benign_accuracy=0.9),
+            _row(defence="fp", kind="transformer", layer="conv2", model_seed=1, f1=None,
+                 repaired_attack_success_rate=0.3, repaired_benign_accuracy=0.8, attack_success_rate=0.8)]
+    lines = EvaluationResult(rows, "digits").to_summary().splitlines()
+    assert lines[0] == "| defence | kind | layer | badnets | blend |"
+    assert lines[2] == "| victims (BA / ASR) | - | - | 0.900 / 0.900 | 0.900 / 1.000 |"
+    assert lines[3] == "| ac | poison-filter | relu3 | 0.750 | - |"  # mean F1 over the two badnets models
+    assert lines[4] == "| ad | model-scanner | input | 1/2 (+1 wrong) | 0/1 |"  # the wrong target is not a find
+    assert lines[5] == "| fp | transformer | conv2 | ASR 0.200, BA 0.850 | - |"
+    assert len(lines) == 6
+
+
 def test_registry_has_builtins():
     _ensure_registered()
     assert {"badnets", "blend", "sig", "warp", "chessboard", "sparse"} <= set(ATTACKS)
@@ -66,6 +87,14 @@ def test_cli_lists_registry(capsys):
     assert cli.main(["evaluate", "--list"]) == 0
     out = capsys.readouterr().out
     assert "badnets" in out and "art-ac" in out
+
+
+def test_cli_summary_format(tmp_path):
+    out = tmp_path / "summary.md"
+    assert cli.main(["evaluate", "--attacks", "badnets", "--defences", "ss", "--epochs", "1", "--format", "summary",
+                     "--output", str(out), "--quiet"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "| defence | kind | layer | badnets |" and lines[3].startswith("| ss | poison-filter | ")
 
 
 def test_cli_reports_library_errors(capsys):
