@@ -185,7 +185,6 @@ class EvaluationResult:
             lines.append("| " + " | ".join(fmt(d[c]) for c in cols) + " |")
         return "\n".join(lines)
 
-
     def to_summary(self) -> str:
         """One Markdown table: a row per (defence, layer), a column per attack, each cell over the attack's models.
 
