@@ -53,6 +53,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print("attacks:")
         for spec in ATTACKS.values():
             print(f"  {spec.name:12s} {spec.description}")
+        print(f"  {'clean':12s} control: no attack (clean victims; model scanners and transformers only)")
         print("defences:")
         for d in DEFENCES.values():
             print(f"  {d.name:12s} [{d.kind}] {d.description}")

@@ -95,6 +95,10 @@ class DefenceSpec:
 
 ATTACKS: dict[str, AttackSpec] = {}
 DEFENCES: dict[str, DefenceSpec] = {}
+#: The control "attack": a victim trained on clean data. Only model scanners (a detection is a false alarm) and
+#: transformers (the accuracy a repair costs) run on it; poison filters and sample detectors have no poison to find.
+CLEAN = "clean"
+_CLEAN_KINDS = ("model-scanner", "transformer")
 
 
 def register_attack(name: str, description: str) -> Callable[[TriggerBuilder], TriggerBuilder]:
@@ -189,8 +193,9 @@ class EvaluationResult:
         """One Markdown table: a row per (defence, layer), a column per attack, each cell over the attack's models.
 
         Poison filters and sample detectors: mean F1. Model scanners: ``k/n`` models detected with the right
-        target (``+w wrong``: detections that name another target). Transformers: the repaired model's mean ASR
-        and BA. The first row gives the victims' mean BA / ASR.
+        target (``+w wrong``: detections that name another target); in the ``clean`` column, ``f/n flagged``
+        (false alarms). Transformers: the repaired model's mean ASR and BA. The first row gives the victims' mean
+        BA / ASR (for clean victims: the share of non-target test images predicted as the target, untriggered).
         """
         attacks = list(dict.fromkeys(r.attack for r in self.rows))
         keys = list(dict.fromkeys((r.defence, r.kind, r.layer) for r in self.rows))
@@ -202,14 +207,16 @@ class EvaluationResult:
                      for a in attacks) + " |"]
         for defence, kind, layer in keys:
             cells = [_summary_cell(kind, [r for r in self.rows if (r.defence, r.kind, r.layer) == (defence, kind, layer)
-                                          and r.attack == a]) for a in attacks]
+                                          and r.attack == a], clean=a == CLEAN) for a in attacks]
             lines.append(f"| {defence} | {kind} | {layer} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
 
-def _summary_cell(kind: str, rows: list[ResultRow]) -> str:
+def _summary_cell(kind: str, rows: list[ResultRow], *, clean: bool = False) -> str:
     if not rows:
         return "-"
+    if kind == "model-scanner" and clean:
+        return f"{sum(bool(r.detected) for r in rows)}/{len(rows)} flagged"
     if kind == "model-scanner":
         right = sum(bool(r.detected) and r.found_target == r.true_target for r in rows)
         wrong = sum(bool(r.detected) and r.found_target != r.true_target for r in rows)
@@ -226,23 +233,42 @@ def train_reference_victim(
     attack: str, *, dataset: str = "digits", random_state: int = 0, rate: float = 0.05, target: int = 0,
     nb_epochs: int | None = None, data: Any = None, verbose: bool = False,
 ) -> tuple[VictimResult, Any]:
-    """Train the reference network of ``dataset`` under a registered attack; return (victim, dataset)."""
+    """Train the reference network of ``dataset`` under a registered attack (or :data:`CLEAN`: no poisoning);
+    return (victim, dataset)."""
     from art_backdoor_ext.datasets import load_dataset
     from art_backdoor_ext.models import build_model, make_classifier
     from art_backdoor_ext.training import train_victim
 
     _ensure_registered()
-    if attack not in ATTACKS:
-        raise InvalidParameterError(f"unknown attack {attack!r}; registered: {', '.join(sorted(ATTACKS))}")
+    if attack not in ATTACKS and attack != CLEAN:
+        raise InvalidParameterError(f"unknown attack {attack!r}; registered: {', '.join(sorted(ATTACKS))} and "
+                                    f"{CLEAN!r} (no attack)")
     data = data if data is not None else load_dataset(dataset)
     arch = {"digits": "digits-cnn", "fashion-mnist": "badnets-cnn", "mnist": "badnets-cnn"}.get(data.name, "cifar-cnn")
     epochs = nb_epochs if nb_epochs is not None else (20 if data.name == "digits" else 5)
     classifier = make_classifier(build_model(arch, nb_classes=data.nb_classes, random_state=random_state))
+    if attack == CLEAN:
+        return _train_clean_victim(classifier, data, target, epochs, random_state, verbose), data
     trigger = ATTACKS[attack].build(data.input_shape, random_state)
     victim = train_victim(classifier, data.x_train, data.y_train, data.x_test, data.y_test, trigger, target=target,
                           rate=rate, nb_epochs=epochs, learning_rate=3e-3 if data.name == "digits" else 1e-3,
                           random_state=random_state, verbose=verbose)
     return victim, data
+
+
+def _train_clean_victim(classifier: Any, data: Any, target: int, nb_epochs: int, random_state: int,
+                        verbose: bool) -> VictimResult:
+    """The reference network trained on the clean training set (the same schedule as an attacked victim's)."""
+    from art_backdoor_ext.training import PoisonedData, evaluate_attack, fit_classifier
+
+    start = time.perf_counter()
+    fit_classifier(classifier, data.x_train, data.y_train, nb_epochs=nb_epochs,
+                   learning_rate=3e-3 if data.name == "digits" else 1e-3, random_state=random_state, verbose=verbose)
+    sources = [c for c in range(data.nb_classes) if c != target]
+    ba, asr = evaluate_attack(classifier, data.x_test, data.y_test, np.copy, target=target, sources=sources)
+    clean = PoisonedData(data.x_train.copy(), data.y_train.copy(), np.zeros(len(data.y_train), dtype=bool),
+                         data.y_train.copy(), int(target), sources, "clean", np.copy)
+    return VictimResult(classifier, clean, ba, asr, time.perf_counter() - start)
 
 
 def _row(attack: str, seed: int, spec: DefenceSpec, outcome: DefenceOutcome, victim: VictimResult,
@@ -272,6 +298,9 @@ def run_grid(
 ) -> EvaluationResult:
     """Train ``n_models`` victims per attack and run every defence on each; one row per defence and layer.
 
+    ``attacks`` may include :data:`CLEAN` (victims trained without poison), on which only model scanners and
+    transformers run.
+
     :param layers: Internal layers for layer-selectable defences (default: each defence's own default).
     """
     from art_backdoor_ext.datasets import load_dataset
@@ -293,6 +322,8 @@ def run_grid(
                                         list(layers or []), seed, verbose)
             for name in defences:
                 spec = DEFENCES[name]
+                if attack == CLEAN and spec.kind not in _CLEAN_KINDS:
+                    continue
                 start = time.perf_counter()
                 outcomes = spec.run(context)
                 seconds = (time.perf_counter() - start) / max(1, len(outcomes))

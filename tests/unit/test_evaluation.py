@@ -2,6 +2,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 
 from art_backdoor_ext import cli
@@ -53,6 +54,31 @@ def test_summary_is_one_table_of_defences_by_attacks():
     assert lines[4] == "| ad | model-scanner | input | 1/2 (+1 wrong) | 0/1 |"  # the wrong target is not a find
     assert lines[5] == "| fp | transformer | conv2 | ASR 0.200, BA 0.850 | - |"
     assert len(lines) == 6
+
+
+def test_clean_control_runs_only_scanners_and_transformers(monkeypatch):
+    from art_backdoor_ext.evaluation import CLEAN, DefenceOutcome, DefenceSpec
+
+    _ensure_registered()
+    seen = []
+
+    def scanner(ctx):
+        seen.append(("scanner", int(ctx.victim.data.is_poison.sum()), ctx.victim.data.mode))
+        return [DefenceOutcome(layer="input", detected=True, found_target=3)]
+
+    def poison_filter(ctx):
+        seen.append(("filter",))
+        return [DefenceOutcome(layer="x", is_flagged=np.zeros(len(ctx.victim.data.y), bool))]
+
+    monkeypatch.setitem(DEFENCES, "fake-scanner", DefenceSpec("fake-scanner", "model-scanner", scanner, ""))
+    monkeypatch.setitem(DEFENCES, "fake-filter", DefenceSpec("fake-filter", "poison-filter", poison_filter, ""))
+    result = run_grid([CLEAN], ["fake-filter", "fake-scanner"], nb_epochs=1)
+    assert seen == [("scanner", 0, "clean")]  # nothing poisoned; the filter is not run on a clean victim
+    (row,) = result.rows
+    assert row.attack == CLEAN and row.benign_accuracy > 0.5 and 0 <= row.attack_success_rate < 0.5
+    assert result.to_summary().splitlines()[3] == "| fake-scanner | model-scanner | input | 1/1 flagged |"
+    with pytest.raises(InvalidParameterError, match="'clean' \\(no attack\\)"):
+        run_grid(["nope"], ["fake-scanner"])
 
 
 def test_registry_has_builtins():
