@@ -11,6 +11,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from art_backdoor_ext.evaluation import EvaluationResult
 
 
 def _split(text: str | None) -> list[str]:
@@ -46,7 +50,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from art_backdoor_ext.evaluation import ATTACKS, DEFENCES, _ensure_registered, run_grid
+    from art_backdoor_ext.evaluation import ATTACKS, DEFENCES, EvaluationResult, _ensure_registered
+    from art_backdoor_ext.exceptions import InvalidParameterError
 
     _ensure_registered()
     if args.list:
@@ -58,7 +63,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for d in DEFENCES.values():
             print(f"  {d.name:12s} [{d.kind}] {d.description}")
         return 0
-    result = run_grid(
+    if args.from_rows:
+        try:
+            saved = json.loads(Path(args.from_rows).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InvalidParameterError(f"cannot read saved rows {args.from_rows!r}: {err}") from err
+        result = EvaluationResult.from_dict(saved)
+    else:
+        result = _run_grid(args)
+        if args.save_rows:
+            Path(args.save_rows).write_text(result.to_json())
+    text = {"markdown": result.to_markdown, "csv": result.to_csv, "json": result.to_json,
+            "summary": result.to_summary}[args.format]()
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"written to {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def _run_grid(args: argparse.Namespace) -> EvaluationResult:
+    from art_backdoor_ext.evaluation import run_grid
+
+    return run_grid(
         _split(args.attacks),
         _split(args.defences),
         dataset=args.dataset,
@@ -69,14 +97,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         random_state=args.seed,
         verbose=not args.quiet,
     )
-    text = {"markdown": result.to_markdown, "csv": result.to_csv, "json": result.to_json,
-            "summary": result.to_summary}[args.format]()
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"written to {args.output}")
-    else:
-        print(text)
-    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -138,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'markdown', 'csv', 'json': one row per attack, model, defence and layer; 'summary': one "
                          "table, a row per defence and a column per attack, over the models")
     ev.add_argument("--output")
+    ev.add_argument("--save-rows", help="also write every row as JSON here (re-render later with --from-rows)")
+    ev.add_argument("--from-rows", help="render a saved --save-rows / --format json file instead of running")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_evaluate)
 

@@ -198,18 +198,32 @@ class EvaluationResult:
         BA / ASR (for clean victims: the share of non-target test images predicted as the target, untriggered).
         """
         attacks = list(dict.fromkeys(r.attack for r in self.rows))
-        keys = list(dict.fromkeys((r.defence, r.kind, r.layer) for r in self.rows))
+        keys = list(dict.fromkeys(_summary_key(r) for r in self.rows))
         victims = {a: {(r.model_seed, r.benign_accuracy, r.attack_success_rate) for r in self.rows if r.attack == a}
                    for a in attacks}
         lines = ["| defence | kind | layer | " + " | ".join(attacks) + " |", "|---|---|---|" + "---|" * len(attacks),
                  "| victims (BA / ASR) | - | - | " + " | ".join(
                      f"{np.mean([v[1] for v in victims[a]]):.3f} / {np.mean([v[2] for v in victims[a]]):.3f}"
                      for a in attacks) + " |"]
-        for defence, kind, layer in keys:
-            cells = [_summary_cell(kind, [r for r in self.rows if (r.defence, r.kind, r.layer) == (defence, kind, layer)
-                                          and r.attack == a], clean=a == CLEAN) for a in attacks]
-            lines.append(f"| {defence} | {kind} | {layer} | " + " | ".join(cells) + " |")
+        for key in keys:
+            group = [r for r in self.rows if _summary_key(r) == key]
+            layer = ", ".join(sorted({r.layer for r in group}))
+            cells = [_summary_cell(key[1], [r for r in group if r.attack == a], clean=a == CLEAN) for a in attacks]
+            lines.append(f"| {key[0]} | {key[1]} | {layer} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
+        """Rebuild a result from :meth:`to_dict` / :meth:`to_json` output (e.g. to summarise a saved run)."""
+        try:
+            return cls([ResultRow(**row) for row in data["rows"]], str(data["dataset"]))
+        except (KeyError, TypeError) as err:
+            raise InvalidParameterError(f"not an evaluation result (to_dict/to_json output): {err}") from err
+
+
+def _summary_key(row: ResultRow) -> tuple[str, ...]:
+    """A scanner's layer is where its decision landed (CEPA picks one per model): one row per scanner."""
+    return (row.defence, row.kind) if row.kind == "model-scanner" else (row.defence, row.kind, row.layer)
 
 
 def _summary_cell(kind: str, rows: list[ResultRow], *, clean: bool = False) -> str:

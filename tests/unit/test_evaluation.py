@@ -41,7 +41,7 @@ def test_summary_is_one_table_of_defences_by_attacks():
             _row(defence="ad", kind="model-scanner", layer="input", f1=None, detected=True, found_target=0),
             _row(defence="ad", kind="model-scanner", layer="input", model_seed=1, f1=None, detected=True,
                  found_target=3, attack_success_rate=0.8),
-            _row(defence="ad", kind="model-scanner", layer="input", attack="blend", f1=None, detected=False,
+            _row(defence="ad", kind="model-scanner", layer="relu1", attack="blend", f1=None, detected=False,
                  found_target=None),
             _row(defence="fp", kind="transformer", layer="conv2", f1=None, repaired_attack_success_rate=0.1,
                  repaired_benign_accuracy=0.9),
@@ -51,7 +51,8 @@ def test_summary_is_one_table_of_defences_by_attacks():
     assert lines[0] == "| defence | kind | layer | badnets | blend |"
     assert lines[2] == "| victims (BA / ASR) | - | - | 0.900 / 0.900 | 0.900 / 1.000 |"
     assert lines[3] == "| ac | poison-filter | relu3 | 0.750 | - |"  # mean F1 over the two badnets models
-    assert lines[4] == "| ad | model-scanner | input | 1/2 (+1 wrong) | 0/1 |"  # the wrong target is not a find
+    # the wrong target is not a find; a scanner is one row whatever layer each model's decision landed on
+    assert lines[4] == "| ad | model-scanner | input, relu1 | 1/2 (+1 wrong) | 0/1 |"
     assert lines[5] == "| fp | transformer | conv2 | ASR 0.200, BA 0.850 | - |"
     assert len(lines) == 6
 
@@ -115,12 +116,20 @@ def test_cli_lists_registry(capsys):
     assert "badnets" in out and "art-ac" in out
 
 
-def test_cli_summary_format(tmp_path):
-    out = tmp_path / "summary.md"
+def test_cli_summary_format_and_saved_rows(tmp_path, capsys):
+    out, rows = tmp_path / "summary.md", tmp_path / "rows.json"
     assert cli.main(["evaluate", "--attacks", "badnets", "--defences", "ss", "--epochs", "1", "--format", "summary",
-                     "--output", str(out), "--quiet"]) == 0
+                     "--output", str(out), "--save-rows", str(rows), "--quiet"]) == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "| defence | kind | layer | badnets |" and lines[3].startswith("| ss | poison-filter | ")
+    saved = EvaluationResult.from_dict(json.loads(rows.read_text()))
+    assert len(saved.rows) == 1 and saved.rows[0].defence == "ss" and saved.dataset == "digits"
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--from-rows", str(rows), "--format", "summary"]) == 0  # no training
+    assert capsys.readouterr().out.strip() == out.read_text().strip()
+    (tmp_path / "bad.json").write_text('{"rows": [{"attack": 1}]}')
+    assert cli.main(["evaluate", "--from-rows", str(tmp_path / "bad.json")]) == 2
+    assert "not an evaluation result" in capsys.readouterr().err
 
 
 def test_cli_reports_library_errors(capsys):
