@@ -190,7 +190,8 @@ class EvaluationResult:
         return "\n".join(lines)
 
     def to_summary(self) -> str:
-        """One Markdown table: a row per (defence, layer), a column per attack, each cell over the attack's models.
+        """One Markdown table: a row per (defence, layer), grouped by kind, a column per attack, each cell over the
+        attack's models.
 
         Poison filters and sample detectors: mean F1. Model scanners: ``k/n`` models detected with the right
         target (``+w wrong``: detections that name another target); in the ``clean`` column, ``f/n flagged``
@@ -198,7 +199,8 @@ class EvaluationResult:
         BA / ASR (for clean victims: the share of non-target test images predicted as the target, untriggered).
         """
         attacks = list(dict.fromkeys(r.attack for r in self.rows))
-        keys = list(dict.fromkeys(_summary_key(r) for r in self.rows))
+        kinds = ("poison-filter", "model-scanner", "sample-detector", "transformer")
+        keys = sorted(dict.fromkeys(_summary_key(r) for r in self.rows), key=lambda k: kinds.index(k[1]))
         victims = {a: {(r.model_seed, r.benign_accuracy, r.attack_success_rate) for r in self.rows if r.attack == a}
                    for a in attacks}
         lines = ["| defence | kind | layer | " + " | ".join(attacks) + " |", "|---|---|---|" + "---|" * len(attacks),

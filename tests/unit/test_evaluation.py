@@ -36,7 +36,8 @@ def test_exporters():
 
 
 def test_summary_is_one_table_of_defences_by_attacks():
-    rows = [_row(model_seed=0, f1=0.5), _row(model_seed=1, f1=1.0, attack_success_rate=0.8),
+    rows = [_row(defence="fp", kind="transformer", layer="conv2", attack="blend", f1=None),  # listed last: by kind
+            _row(model_seed=0, f1=0.5), _row(model_seed=1, f1=1.0, attack_success_rate=0.8),
             _row(attack="blend", f1=None),
             _row(defence="ad", kind="model-scanner", layer="input", f1=None, detected=True, found_target=0),
             _row(defence="ad", kind="model-scanner", layer="input", model_seed=1, f1=None, detected=True,
@@ -48,12 +49,12 @@ def test_summary_is_one_table_of_defences_by_attacks():
             _row(defence="fp", kind="transformer", layer="conv2", model_seed=1, f1=None,
                  repaired_attack_success_rate=0.3, repaired_benign_accuracy=0.8, attack_success_rate=0.8)]
     lines = EvaluationResult(rows, "digits").to_summary().splitlines()
-    assert lines[0] == "| defence | kind | layer | badnets | blend |"
-    assert lines[2] == "| victims (BA / ASR) | - | - | 0.900 / 0.900 | 0.900 / 1.000 |"
-    assert lines[3] == "| ac | poison-filter | relu3 | 0.750 | - |"  # mean F1 over the two badnets models
+    assert lines[0] == "| defence | kind | layer | blend | badnets |"
+    assert lines[2] == "| victims (BA / ASR) | - | - | 0.900 / 1.000 | 0.900 / 0.900 |"
+    assert lines[3] == "| ac | poison-filter | relu3 | - | 0.750 |"  # mean F1 over the two badnets models
     # the wrong target is not a find; a scanner is one row whatever layer each model's decision landed on
-    assert lines[4] == "| ad | model-scanner | input, relu1 | 1/2 (+1 wrong) | 0/1 |"
-    assert lines[5] == "| fp | transformer | conv2 | ASR 0.200, BA 0.850 | - |"
+    assert lines[4] == "| ad | model-scanner | input, relu1 | 0/1 | 1/2 (+1 wrong) |"
+    assert lines[5] == "| fp | transformer | conv2 | - | ASR 0.200, BA 0.850 |"  # no repaired BA/ASR for blend
     assert len(lines) == 6
 
 
