@@ -64,11 +64,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  {d.name:12s} [{d.kind}] {d.description}")
         return 0
     if args.from_rows:
-        try:
-            saved = json.loads(Path(args.from_rows).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise InvalidParameterError(f"cannot read saved rows {args.from_rows!r}: {err}") from err
-        result = EvaluationResult.from_dict(saved)
+        parts = []
+        for path in _split(args.from_rows):
+            try:
+                parts.append(EvaluationResult.from_dict(json.loads(Path(path).read_text())))
+            except (OSError, json.JSONDecodeError) as err:
+                raise InvalidParameterError(f"cannot read saved rows {path!r}: {err}") from err
+        if len({part.dataset for part in parts}) != 1:
+            raise InvalidParameterError(f"--from-rows files hold different datasets: "
+                                        f"{sorted({part.dataset for part in parts})}")
+        result = EvaluationResult([row for part in parts for row in part.rows], parts[0].dataset)
     else:
         result = _run_grid(args)
         if args.save_rows:
@@ -159,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "table, a row per defence and a column per attack, over the models")
     ev.add_argument("--output")
     ev.add_argument("--save-rows", help="also write every row as JSON here (re-render later with --from-rows)")
-    ev.add_argument("--from-rows", help="render a saved --save-rows / --format json file instead of running")
+    ev.add_argument("--from-rows", help="render saved --save-rows / --format json files (comma-separated: their rows "
+                                        "in that order) instead of running")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_evaluate)
 

@@ -128,6 +128,13 @@ def test_cli_summary_format_and_saved_rows(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["evaluate", "--from-rows", str(rows), "--format", "summary"]) == 0  # no training
     assert capsys.readouterr().out.strip() == out.read_text().strip()
+    other = EvaluationResult([_row(attack="blend", defence="ss", layer=saved.rows[0].layer)], "digits")
+    (tmp_path / "other.json").write_text(other.to_json())
+    assert cli.main(["evaluate", "--from-rows", f"{rows},{tmp_path / 'other.json'}", "--format", "summary"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "| defence | kind | layer | badnets | blend |"  # merged
+    (tmp_path / "fashion.json").write_text(EvaluationResult([_row()], "fashion-mnist").to_json())
+    assert cli.main(["evaluate", "--from-rows", f"{rows},{tmp_path / 'fashion.json'}"]) == 2
+    assert "different datasets" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text('{"rows": [{"attack": 1}]}')
     assert cli.main(["evaluate", "--from-rows", str(tmp_path / "bad.json")]) == 2
     assert "not an evaluation result" in capsys.readouterr().err
