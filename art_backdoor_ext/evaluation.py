@@ -255,31 +255,29 @@ def train_reference_victim(
     from art_backdoor_ext.models import build_model, make_classifier
     from art_backdoor_ext.training import train_victim
 
-    _ensure_registered()
-    if attack not in ATTACKS and attack != CLEAN:
-        raise InvalidParameterError(f"unknown attack {attack!r}; registered: {', '.join(sorted(ATTACKS))} and "
-                                    f"{CLEAN!r} (no attack)")
+    _check_attacks([attack])
     data = data if data is not None else load_dataset(dataset)
     arch = {"digits": "digits-cnn", "fashion-mnist": "badnets-cnn", "mnist": "badnets-cnn"}.get(data.name, "cifar-cnn")
     epochs = nb_epochs if nb_epochs is not None else (20 if data.name == "digits" else 5)
+    learning_rate = 3e-3 if data.name == "digits" else 1e-3
     classifier = make_classifier(build_model(arch, nb_classes=data.nb_classes, random_state=random_state))
     if attack == CLEAN:
-        return _train_clean_victim(classifier, data, target, epochs, random_state, verbose), data
+        return _train_clean_victim(classifier, data, target, epochs, learning_rate, random_state, verbose), data
     trigger = ATTACKS[attack].build(data.input_shape, random_state)
     victim = train_victim(classifier, data.x_train, data.y_train, data.x_test, data.y_test, trigger, target=target,
-                          rate=rate, nb_epochs=epochs, learning_rate=3e-3 if data.name == "digits" else 1e-3,
+                          rate=rate, nb_epochs=epochs, learning_rate=learning_rate,
                           random_state=random_state, verbose=verbose)
     return victim, data
 
 
-def _train_clean_victim(classifier: Any, data: Any, target: int, nb_epochs: int, random_state: int,
-                        verbose: bool) -> VictimResult:
+def _train_clean_victim(classifier: Any, data: Any, target: int, nb_epochs: int, learning_rate: float,
+                        random_state: int, verbose: bool) -> VictimResult:
     """The reference network trained on the clean training set (the same schedule as an attacked victim's)."""
     from art_backdoor_ext.training import PoisonedData, evaluate_attack, fit_classifier
 
     start = time.perf_counter()
-    fit_classifier(classifier, data.x_train, data.y_train, nb_epochs=nb_epochs,
-                   learning_rate=3e-3 if data.name == "digits" else 1e-3, random_state=random_state, verbose=verbose)
+    fit_classifier(classifier, data.x_train, data.y_train, nb_epochs=nb_epochs, learning_rate=learning_rate,
+                   random_state=random_state, verbose=verbose)
     sources = [c for c in range(data.nb_classes) if c != target]
     ba, asr = evaluate_attack(classifier, data.x_test, data.y_test, np.copy, target=target, sources=sources)
     clean = PoisonedData(data.x_train.copy(), data.y_train.copy(), np.zeros(len(data.y_train), dtype=bool),
@@ -322,6 +320,7 @@ def run_grid(
     from art_backdoor_ext.datasets import load_dataset
 
     _ensure_registered()
+    _check_attacks(attacks)  # before any training: a typo in the last attack must not cost the others' runs
     unknown = [d for d in defences if d not in DEFENCES]
     if unknown:
         raise InvalidParameterError(f"unknown defence(s) {unknown}; registered: {', '.join(sorted(DEFENCES))}")
@@ -345,6 +344,13 @@ def run_grid(
                 seconds = (time.perf_counter() - start) / max(1, len(outcomes))
                 rows.extend(_row(attack, seed, spec, o, victim, seconds) for o in outcomes)
     return EvaluationResult(rows, data.name)
+
+
+def _check_attacks(attacks: Sequence[str]) -> None:
+    unknown = [a for a in attacks if a not in ATTACKS and a != CLEAN]
+    if unknown:
+        raise InvalidParameterError(f"unknown attack(s) {unknown}; registered: {', '.join(sorted(ATTACKS))} and "
+                                    f"{CLEAN!r} (no attack)")
 
 
 def _ensure_registered() -> None:
