@@ -34,7 +34,10 @@ smallest (:func:`~art_backdoor_ext.functional.size_null.size_order_statistic_pva
 
 :meth:`OrderStatisticDetector.scan_variants` optimises once and decides several times: the parameters in
 :data:`INFERENCE_PARAMETERS` (norm, confusion correction, statistic, null, theta) do not change the perturbations,
-so variants that differ only in them share one run of the engine.
+so variants that differ only in them share one run of the engine. The target misclassification fraction ``pi``
+(:data:`TRACE_PARAMETERS`) may vary too: each pair's steps do not depend on ``pi`` until it stops, so one run at
+the largest ``pi`` gives every smaller one from its per-iteration trace (the paper's Fig. 11, detection against
+``pi``, from one optimisation instead of one per value).
 """
 
 from __future__ import annotations
@@ -127,6 +130,9 @@ class OrderStatisticReport:
 #: Parameters that only change what is inferred from the optimised perturbations (not the perturbations), so
 #: :meth:`OrderStatisticDetector.scan_variants` may vary them over one optimisation.
 INFERENCE_PARAMETERS = ("norm", "confusion_correction", "statistic", "null", "significance")
+#: Parameters that change only where each pair stops: one optimisation at the largest value gives every smaller
+#: one from its trace (:meth:`~art_backdoor_ext.defences.model.perturbation.EngineResult.at_fraction`).
+TRACE_PARAMETERS = ("target_misclassification",)
 
 
 class OrderStatisticDetector(ModelScanner):
@@ -303,20 +309,31 @@ class OrderStatisticDetector(ModelScanner):
 
         :param x_clean: Clean images, as for :meth:`scan`.
         :param y_clean: Their integer labels, as for :meth:`scan`.
-        :param variants: name -> overrides of :data:`INFERENCE_PARAMETERS` (``{}``: this detector's own settings),
-            e.g. ``{"paper": {"statistic": "size", "null": "reciprocal"}, "L1": {"norm": "l1"}}``.
+        :param variants: name -> overrides of :data:`INFERENCE_PARAMETERS` and :data:`TRACE_PARAMETERS` (``{}``: this
+            detector's own settings), e.g. ``{"paper": {"statistic": "size", "null": "reciprocal"}, "L1": {"norm":
+            "l1"}, "pi 0.6": {"target_misclassification": 0.6}}``. The engine runs once, at the largest
+            ``target_misclassification`` of the variants; the others are read off its trace, and their
+            ``estimated_pattern`` comes from optimising the detected pair alone at their own ``pi``.
         :return: name -> report. Each report's ``seconds`` is the shared optimisation's time plus its own
             inference's.
-        :raises InvalidParameterError: no variant, an override outside :data:`INFERENCE_PARAMETERS` (it would change
-            the perturbations: use another detector) or an invalid value; checked before any optimisation.
+        :raises InvalidParameterError: no variant, an override outside those two lists (it would change the
+            perturbations: use another detector) or an invalid value; checked before any optimisation.
         """
-        detectors = variant_detectors(self, variants, INFERENCE_PARAMETERS)
+        detectors = variant_detectors(self, variants, INFERENCE_PARAMETERS + TRACE_PARAMETERS)
         x, y = self._check_clean_set(x_clean, y_clean)
         start = time.perf_counter()
-        scale, problems, result = self._optimise(x, y)
+        largest = max(detectors.values(), key=lambda det: det.target_misclassification)
+        scale, problems, result = largest._optimise(x, y)
         shared = time.perf_counter() - start
-        return {name: det._report(x, y, scale, problems, result, time.perf_counter() - shared)
+        return {name: det._report(x, y, scale, problems, det._own_stops(result, scale, largest),
+                                  time.perf_counter() - shared)
                 for name, det in detectors.items()}
+
+    def _own_stops(self, result: EngineResult, scale: float, runner: OrderStatisticDetector) -> EngineResult:
+        """``runner``'s result as this detector's engine would have stopped it (a ``pi`` no larger than its own)."""
+        if self.target_misclassification == runner.target_misclassification:
+            return result
+        return result.at_fraction(self.target_misclassification, self.max_size * scale, self.max_iter)
 
     def _optimise(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Problems, EngineResult]:
         scale = self._scale(x)
@@ -349,6 +366,9 @@ class OrderStatisticDetector(ModelScanner):
         else:
             ost = order_statistic_pvalue(reciprocal_statistics(statistics))
         pair_index = int(np.flatnonzero((problems.sources == ost.source) & (problems.targets == ost.target))[0])
+        pattern = result.perturbations[pair_index]
+        if np.isnan(pattern).all():  # stops read off a trace (scan_variants): optimise the detected pair alone
+            pattern = self.engine(scale).run(x, y, problems.subset(np.array([pair_index]))).perturbations[0]
         report = OrderStatisticReport(
             detected=bool(ost.p_value < self.significance),
             p_value=float(ost.p_value),
@@ -358,7 +378,7 @@ class OrderStatisticDetector(ModelScanner):
             sizes=sizes,
             misclassification=_to_matrix(problems, result.misclassification, k),
             reached=_to_matrix(problems, result.reached.astype(float), k) == 1,
-            estimated_pattern=result.perturbations[pair_index],
+            estimated_pattern=pattern,
             null=ost.null.to_dict(),
             significance=self.significance,
             seconds=time.perf_counter() - start,

@@ -369,6 +369,49 @@ class EngineResult:
     def trace_sizes(self, norm: str) -> np.ndarray:
         return self.trace_size_l1 if norm == "l1" else self.trace_size_l2
 
+    def at_fraction(self, target_misclassification: float, max_size_l2: float, max_iter: int) -> EngineResult:
+        """The result the same run would have given with a smaller ``target_misclassification``, read off the trace.
+
+        For problems that stop at the target (:class:`Additive`, Algorithm 1) each problem's steps do not depend
+        on ``pi`` until it stops, so a smaller ``pi`` stops each problem at the first traced iteration where its
+        misclassification fraction reaches that ``pi``, its L2 size reaches ``max_size_l2`` or the iteration count
+        reaches ``max_iter``, as :class:`PerturbationEngine` stops it (fractions and sizes compared in float32,
+        as the engine compares them). Traces end at the new stop. The perturbations themselves are not traced:
+        the returned ``perturbations`` are NaN (run the engine again on the problems whose pattern is needed).
+
+        :raises InvalidParameterError: ``target_misclassification`` above the fraction of a problem's run that
+            reached its target (only a smaller ``pi`` can be read off a trace).
+        """
+        rho, d = self.trace_misclassification, self.trace_size_l2
+        pi, cap = np.float32(target_misclassification), np.float32(max_size_l2)
+        ran_for = (~np.isnan(d)).sum(0)  # iterations traced per problem
+        stop_here = (rho >= pi) | (d >= cap) | (np.arange(len(d))[:, None] >= max_iter)
+        stop_here &= np.arange(len(d))[:, None] < ran_for[None, :]
+        if np.any(self.reached & (self.misclassification < pi) & (self.iterations < max_iter)):
+            raise InvalidParameterError(
+                f"target_misclassification {target_misclassification} is above the fraction this run stopped at; "
+                "only a smaller one can be read off its trace")
+        stop = np.where(stop_here.any(0), stop_here.argmax(0), ran_for - 1)
+        cols = np.arange(d.shape[1])
+        after = np.arange(len(d))[:, None] > stop[None, :]
+
+        def cut(trace: np.ndarray) -> np.ndarray:
+            return np.where(after, np.nan, trace)
+
+        return EngineResult(
+            problems=self.problems,
+            size_l1=self.trace_size_l1[stop, cols].astype(float),
+            size_l2=d[stop, cols].astype(float),
+            misclassification=rho[stop, cols].astype(float),
+            initial_misclassification=self.initial_misclassification,
+            reached=rho[stop, cols] >= pi,
+            iterations=stop,
+            perturbations=np.full_like(self.perturbations, np.nan),
+            trace_size_l1=cut(self.trace_size_l1),
+            trace_size_l2=cut(d),
+            trace_misclassification=cut(rho),
+        )
+
 
 class PerturbationEngine:
     """Optimise many perturbation problems at once on an ART ``PyTorchClassifier``.

@@ -175,6 +175,38 @@ def test_scan_variants_decide_like_separate_scans_from_one_optimisation(badnets_
         det.scan_variants(x, y, {})
 
 
+def test_scan_variants_read_smaller_pi_off_one_optimisation(badnets_victim, clean_set, monkeypatch):
+    """Fig. 11 of the paper (detection against pi) from one run: the largest pi optimised, the others read off its
+    trace; each equals a scan run with that pi, estimated pattern included."""
+    from art_backdoor_ext.defences.model import order_statistic
+
+    x, y = clean_set
+    fast = {"step_size": 0.02, "max_iter": 60}
+    det = OrderStatisticDetector(badnets_victim.classifier, **fast)
+    variants = {"default": {}, "pi 0.5": {"target_misclassification": 0.5},
+                "pi 0.9 corrected": {"target_misclassification": 0.9, "confusion_correction": True,
+                                     "statistic": "size"}}
+    runs = []
+    real = order_statistic.PerturbationEngine.run
+    monkeypatch.setattr(order_statistic.PerturbationEngine, "run",
+                        lambda engine, x_, y_, problems: runs.append(len(problems)) or real(engine, x_, y_, problems))
+    reports = det.scan_variants(x, y, variants)
+    # one optimisation of the 90 pairs at pi 0.9; the two smaller pi re-optimise only their detected pair's pattern
+    assert runs == [90, 1, 1]
+    for name, overrides in variants.items():
+        alone = OrderStatisticDetector(badnets_victim.classifier, **fast, **overrides).scan(x, y)
+        shared = reports[name]
+        np.testing.assert_allclose(shared.sizes, alone.sizes, rtol=1e-6)
+        np.testing.assert_allclose(shared.statistics, alone.statistics, rtol=1e-6)
+        np.testing.assert_array_equal(shared.misclassification, alone.misclassification)
+        np.testing.assert_array_equal(shared.reached, alone.reached)
+        assert (shared.source, shared.target, shared.detected) == (alone.source, alone.target, alone.detected)
+        assert shared.p_value == pytest.approx(alone.p_value, rel=1e-5)
+        np.testing.assert_allclose(shared.estimated_pattern, alone.estimated_pattern, atol=1e-5)
+        assert shared.settings == alone.settings
+    assert np.nanmean(reports["pi 0.5"].sizes) < np.nanmean(reports["default"].sizes)
+
+
 def test_bad_input(badnets_victim, clean_set):
     x, y = clean_set
     clf = badnets_victim.classifier

@@ -91,3 +91,62 @@ def test_perturbation_reaches_pixels_that_are_black_in_every_sample(badnets_vict
     result = PerturbationEngine(badnets_victim.classifier, Additive(0.05), max_iter=100).run(x, y, problems)
     corner = np.abs(result.perturbations[..., -2:, -2:]).reshape(len(sources), -1).max(1)
     assert np.all(corner > 0.05), corner
+
+
+def _traced_result(rho_columns, size_columns, reached, misclassification, iterations):
+    """An EngineResult with hand-written traces (one column per problem, NaN once the problem stopped)."""
+    from art_backdoor_ext.defences.model.perturbation import EngineResult, Problems
+
+    t = max(len(c) for c in rho_columns)
+
+    def pad(columns):
+        return np.array([list(c) + [np.nan] * (t - len(c)) for c in columns], dtype=float).T
+
+    rho, d = pad(rho_columns), pad(size_columns)
+    p = len(rho_columns)
+    return EngineResult(
+        problems=Problems(np.zeros((p, 1), dtype=int), np.ones(p, dtype=int), np.zeros(p, dtype=int)),
+        size_l1=np.nanmax(d, 0) * 2, size_l2=np.nanmax(d, 0), misclassification=np.array(misclassification),
+        initial_misclassification=rho[0], reached=np.array(reached), iterations=np.array(iterations),
+        perturbations=np.zeros((p, 1, 2, 2)), trace_size_l1=d * 2, trace_size_l2=d, trace_misclassification=rho)
+
+
+def test_at_fraction_stops_each_problem_where_a_smaller_pi_would():
+    f32 = float(np.float32(21 / 30))  # the engine's float32 fraction 21/30, just below 0.7 in float64
+    result = _traced_result(
+        rho_columns=[[0.0, 0.4, 0.7, 0.9], [0.0, 0.1, 0.2], [0.65, 0.95], [0.0, f32, 0.9]],
+        size_columns=[[0.0, 1.0, 2.0, 3.0], [0.0, 2.5, 5.0], [0.0, 1.0], [0.0, 1.5, 2.5]],
+        reached=[True, False, True, True], misclassification=[0.9, 0.2, 0.95, 0.9], iterations=[3, 2, 1, 2])
+    at = result.at_fraction(0.6, max_size_l2=5.0, max_iter=100)
+    # problem 0 reaches 0.6 at step 2; problem 1 stops at the size cap as before; problem 2 starts above 0.6
+    assert at.iterations.tolist() == [2, 2, 0, 1]
+    assert at.size_l2.tolist() == [2.0, 5.0, 0.0, 1.5] and at.size_l1.tolist() == [4.0, 10.0, 0.0, 3.0]
+    assert at.reached.tolist() == [True, False, True, True]
+    np.testing.assert_allclose(at.misclassification, [0.7, 0.2, 0.65, f32])
+    assert np.isnan(at.trace_size_l2[3:, 0]).all() and not np.isnan(at.trace_size_l2[:3, 0]).any()
+    assert np.isnan(at.trace_misclassification[1:, 2]).all() and np.isnan(at.perturbations).all()
+    assert result.at_fraction(0.7, 5.0, 100).iterations[3] == 1  # compared in float32, as the engine does
+    assert result.at_fraction(0.6, 5.0, max_iter=1).iterations.tolist() == [1, 1, 0, 1]  # the iteration cap
+    with pytest.raises(InvalidParameterError, match="only a smaller one can be read off"):
+        result.at_fraction(0.92, 5.0, 100)
+
+
+def test_at_fraction_equals_a_run_with_that_fraction(badnets_victim, clean_set):
+    x, y = clean_set
+    problems = _subset_pairs(y, PAIRS)
+
+    def run(pi):
+        return PerturbationEngine(badnets_victim.classifier, Additive(0.05), target_misclassification=pi,
+                                  max_iter=200, max_size_l2=6.0).run(x, y, problems)
+
+    high = run(1.0)
+    for pi in (0.5, 0.8):
+        read, direct = high.at_fraction(pi, 6.0, 200), run(pi)
+        np.testing.assert_array_equal(read.iterations, direct.iterations)
+        np.testing.assert_array_equal(read.reached, direct.reached)
+        np.testing.assert_allclose(read.size_l2, direct.size_l2, rtol=1e-6)
+        np.testing.assert_allclose(read.misclassification, direct.misclassification)
+        t = direct.trace_size_l2.shape[0]
+        np.testing.assert_allclose(read.trace_size_l2[:t], direct.trace_size_l2, rtol=1e-6)
+        assert np.isnan(read.trace_size_l2[t:]).all()
+    assert np.any(high.iterations > high.at_fraction(0.5, 6.0, 200).iterations)  # the test has teeth
