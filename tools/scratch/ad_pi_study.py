@@ -74,16 +74,17 @@ def summary(dirs: list[Path]) -> None:
                     ost = order_statistic_pvalue(reciprocal_statistics(np.maximum(sizes, 1e-12)))
                 r = {"detected": None, "p": ost.p_value, "found": ost.target, "source": ost.source,
                      "target": target, "sources": [int(s) for s in f["sources"]]}
-                ok = _verdict(r, 0.05)[0]
+                ok, ok_target = _verdict(r, 0.05)
                 rows.setdefault((name, float(pi)), {}).setdefault(group, []).append(ok)
+                rows.setdefault((f"{name}, target only", float(pi)), {}).setdefault(group, []).append(ok_target)
                 if name == "default":
                     line.append(f"{pi:.2f}:{ost.p_value:.3g}{'+' if ok else '-'}")
         print(" ".join(line))
-    print("\nstatistic  pi    " + "  ".join(f"{g:>7}" for g in GROUPS) + "   mean")
+    print("\nstatistic               pi    " + "  ".join(f"{g:>7}" for g in GROUPS) + "   mean")
     for (name, pi), by in sorted(rows.items()):
         acc = [np.mean(by[g]) if by.get(g) else float("nan") for g in GROUPS]
         counts = " ".join(f"{sum(by.get(g, [])):>3}/{len(by.get(g, [])):<3}" for g in GROUPS)
-        print(f"{name:8} {pi:.2f}  {counts}  {np.nanmean(acc):.3f}")
+        print(f"{name:21} {pi:.2f}  {counts}  {np.nanmean(acc):.3f}")
 
 
 if __name__ == "__main__":
