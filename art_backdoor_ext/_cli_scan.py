@@ -15,7 +15,7 @@ from typing import Any
 
 DETECTORS = ("ad", "cepa", "nc")
 # options that only some detectors take: name -> detectors
-_ONLY = {"statistic": ("ad",), "null": ("ad",), "norm": ("ad",), "objective": ("ad",),
+_ONLY = {"statistic": ("ad",), "null": ("ad",), "norm": ("ad",), "objective": ("ad",), "source_rule": ("ad",),
          "significance": ("ad", "cepa"), "layer": ("ad", "cepa"), "variant": ("cepa",),
          "calibration": ("cepa",), "layer_pooling": ("cepa",)}
 
@@ -42,6 +42,8 @@ def add_scan_parser(sub: Any, func: Any) -> None:
                       help="AD: Gamma null on the sizes (default) or on the reciprocals (the paper's Eq. 4)")
     scan.add_argument("--norm", choices=["l1", "l2"], default=None, help="AD: perturbation norm (default l2)")
     scan.add_argument("--objective", choices=["J", "Jp", "Jc"], default=None, help="AD: objective (default J)")
+    scan.add_argument("--source-rule", choices=["most-extreme", "smallest-size"], default=None,
+                      help="AD: how the source is named once the target is found (see docs/order-statistic.md)")
     scan.add_argument("--variant", choices=["both", "pairs", "all-to-one"], default=None,
                       help="CEPA: all-to-one (default), class pairs or both")
     scan.add_argument("--calibration", choices=["bootstrap", "none"], default=None,
@@ -116,7 +118,8 @@ def _build_detector(args: argparse.Namespace, classifier: Any) -> Any:
     if args.max_iter is not None:
         common["max_iter"] = args.max_iter
     given = {k: getattr(args, k) for k in ("statistic", "null", "norm", "objective", "significance", "variant",
-                                           "calibration", "layer_pooling") if getattr(args, k) is not None}
+                                           "calibration", "layer_pooling", "source_rule")
+             if getattr(args, k) is not None}
     if args.detector == "ad":
         layer = None if args.layer in (None, "input") else args.layer
         return OrderStatisticDetector(classifier, layer=layer, **given, **common)

@@ -24,6 +24,7 @@ counts only those (ASR >= 0.9 after the redraws; every clean model kept).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -36,7 +37,7 @@ from art_backdoor_ext.attacks.triggers import chessboard_trigger, sparse_pixel_t
 from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark, seeded_victim_setup
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
 from art_backdoor_ext.defences.model.order_statistic import INFERENCE_PARAMETERS, OrderStatisticDetector
-from art_backdoor_ext.functional.pair_normalisation import normalised_statistics
+from art_backdoor_ext.functional.pair_normalisation import normalised_statistics, smallest_size_source
 from art_backdoor_ext.functional.robust import asymmetry_statistics, order_statistic_pvalue, reciprocal_statistics
 from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
 from art_backdoor_ext.training import fit_classifier, train_victim
@@ -80,7 +81,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 
-_PAPER = {"layer": None, "statistic": "size", "null": "reciprocal"}
+_PAPER = {"layer": None, "statistic": "size", "null": "reciprocal", "source_rule": "most-extreme"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "AD-J-P (input)": _PAPER,
     "AD-Jp-P (input)": {**_PAPER, "objective": "Jp"},
@@ -96,13 +97,20 @@ GROUPS = ("BD-P-S", "BD-G-S", "BD-G-M", "Clean")
 ASYMMETRY_FROM = ("AD-J-P (input)", "AD-J-P-L1 (input)", "AD-J-P (first conv)", "AD-J-P-L1 (first conv)")
 #: Statistics and nulls computed from a scan's sizes and clean set: the asymmetry statistic (size over the
 #: reverse pair's size) under the paper's null, and the source-and-distance-normalised statistic under the
-#: Gamma null on sizes (:mod:`~art_backdoor_ext.functional.pair_normalisation`,
+#: Gamma null on sizes with the source named by the smallest size into the detected target, as the detector's
+#: default does (:mod:`~art_backdoor_ext.functional.pair_normalisation`,
 #: :mod:`~art_backdoor_ext.functional.size_null`).
 DERIVED: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], Any]] = {
     "asymmetry": lambda d, x, y: order_statistic_pvalue(reciprocal_statistics(asymmetry_statistics(d))),
-    "normalised, size null": lambda d, x, y: size_order_statistic_pvalue(
-        normalised_statistics(d, "source-normalised-distance", x=x, y=y)),
+    "normalised, size null": lambda d, x, y: source_by_size(size_order_statistic_pvalue(
+        normalised_statistics(d, "source-normalised-distance", x=x, y=y)), d),
 }
+
+
+def source_by_size(ost: Any, sizes: np.ndarray) -> Any:
+    """``ost`` with its source named as ``OrderStatisticDetector(source_rule="smallest-size")`` names it: the class
+    with the smallest size into the detected target (p-value and target unchanged)."""
+    return dataclasses.replace(ost, source=smallest_size_source(sizes, ost.target))
 
 
 #: Seed offset between an attacker's successive draws (larger than any victim seed of a benchmark run).

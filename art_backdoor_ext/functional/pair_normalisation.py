@@ -20,7 +20,7 @@ from art_backdoor_ext._validation import check_class_counts, check_labels
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 
 __all__ = ["NORMALISED_STATISTICS", "class_mean_distances", "clean_margins", "normalised_statistics",
-           "source_normalised_statistics"]
+           "smallest_size_source", "source_normalised_statistics"]
 
 #: The size-like statistics :func:`normalised_statistics` computes.
 NORMALISED_STATISTICS = ("source-normalised", "source-normalised-margin", "source-normalised-distance")
@@ -141,6 +141,33 @@ def class_mean_distances(x: ArrayLike, y: ArrayLike) -> np.ndarray:
     if (out[~np.eye(k, dtype=bool)] <= 0).any():
         raise DataError("two classes have identical mean images; their distance cannot normalise a size")
     return out
+
+
+def smallest_size_source(sizes: ArrayLike, target: int) -> int:
+    """The source whose common perturbation to ``target`` is smallest: ``argmin_s d(v_st)`` over ``s != target``.
+
+    A normalised statistic decides *whether* a target is backdoored; naming the source from it can go wrong when a
+    global trigger also moves classes that look like its source (the AD paper's "collateral damage", Fig. 7), and
+    the normalisation favours such a class when it is hard to move elsewhere or far from the target in the data.
+    Within the detected target's column the raw size compares like with like: the class that the least
+    perturbation sends to the target.
+
+    :param sizes: (K, K) sizes, row source and column target (the diagonal is ignored; 0 is a pair the model
+        already confuses at ``pi`` without any perturbation).
+    :param target: The detected target class.
+    :raises DataError: not a K x K matrix with K >= 3, a target outside 0..K-1, or a size in the target's column
+        that is not finite or negative.
+    """
+    arr = np.array(sizes, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] < 3:
+        raise DataError(f"sizes must be a square K x K matrix with K >= 3, got shape {arr.shape}")
+    if not 0 <= int(target) < len(arr):
+        raise DataError(f"target must be a class index in 0..{len(arr) - 1}, got {target}")
+    column = np.delete(arr[:, int(target)], int(target))
+    if not np.isfinite(column).all() or (column < 0).any():
+        raise DataError(f"the sizes into target {target} must be finite and >= 0, got {column.tolist()}")
+    source = int(np.argmin(column))  # first smallest; indices past the target shift by one
+    return source + int(source >= int(target))
 
 
 def _sizes(sizes: ArrayLike) -> np.ndarray:

@@ -155,9 +155,19 @@ def test_ad_statistics_benchmark_tiny_run(monkeypatch, tmp_path):
     assert sampled == [4] * 4 and ad.PROFILES["fast"]["per_class"] == 20  # the profile itself is not changed
     assert any("--per-class 4" in note for note in report.notes)
     rows, victims = report.tables.values()
-    assert [(r["space and norm"], r["statistic"], r["null"]) for r in rows] == [
-        (f"input {norm}", s, n) for norm in ("L2", "L1") for s in ad_statistics.STATISTICS
-        for n in ("reciprocal (paper)", "size")]
+    default = "source-normalised-distance, source by smallest size (default)"
+    expected = []
+    for norm in ("L2", "L1"):
+        for s_ in ad_statistics.STATISTICS:
+            expected += [(f"input {norm}", s_, n) for n in ("reciprocal (paper)", "size")]
+            if (s_, "size") == ad_statistics.DEFAULT:
+                expected.append((f"input {norm}", default, "size"))
+    assert [(r["space and norm"], r["statistic"], r["null"]) for r in rows] == expected
+    for norm in ("L2", "L1"):  # the source rule changes the named source only: same p-values, same clean verdicts
+        plain, named = ([r for r in rows if r["space and norm"] == f"input {norm}" and r["statistic"] == s_
+                         and r["null"] == "size"][0] for s_ in ("source-normalised-distance", default))
+        assert (named["Clean"], named["min p clean"], named["max p attacked"]) == (
+            plain["Clean"], plain["min p clean"], plain["max p attacked"])
     assert [v["group"] for v in victims] == ["BD-P-S", "BD-G-S", "BD-G-M", "Clean"]
     for r in rows:
         assert r["mean over groups"] == pytest.approx(np.mean([r[g] for g in ad.GROUPS]))
@@ -428,3 +438,18 @@ def test_bench_ad_successful_only_rows_drop_failed_attacks():
     assert successful["victims kept"] == "1 / 0 / 1 / 1" and "victims kept" not in everything
     assert [is_successful(a, m) for a, m in ((None, 0.9), (0.5, None), (0.89, 0.9), (0.9, 0.9))] == [
         True, True, False, True]
+
+
+def test_bench_ad_default_row_names_the_source_as_the_detector_does():
+    from art_backdoor_ext.benchmarks.ad import source_by_size
+    from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
+
+    rng = np.random.default_rng(0)
+    sizes = rng.gamma(20.0, 0.5, size=(10, 10))
+    np.fill_diagonal(sizes, np.nan)
+    statistic = sizes.copy()
+    statistic[4, 2], sizes[6, 2] = 0.5, 0.1  # the most extreme statistic is 4 -> 2, the smallest size 6 -> 2
+    ost = size_order_statistic_pvalue(statistic)
+    named = source_by_size(ost, sizes)
+    assert (ost.source, ost.target) == (4, 2) and (named.source, named.target) == (6, 2)
+    assert named.p_value == ost.p_value

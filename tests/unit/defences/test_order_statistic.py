@@ -45,8 +45,11 @@ def test_detects_the_single_source_backdoor_pair(ad_report):
     assert ad_report.settings["statistic"] == "source-normalised-distance" and ad_report.settings["null"] == "size"
     s = ad_report.statistics
     assert s.shape == (10, 10) and np.all(np.isnan(np.diag(s))) and np.all(np.isfinite(s[~np.eye(10, dtype=bool)]))
-    # the detected pair has the smallest statistic (the size null tests the minimum)
-    assert s[ad_report.source, ad_report.target] == np.nanmin(s)
+    # the tested pair has the smallest statistic (the size null tests the minimum); the named source has the
+    # smallest size into the detected target (source_rule="smallest-size")
+    assert s[ad_report.extreme_source, ad_report.target] == np.nanmin(s)
+    assert ad_report.sizes[ad_report.source, ad_report.target] == np.nanmin(ad_report.sizes[:, ad_report.target])
+    assert ad_report.settings["source_rule"] == "smallest-size"
     assert ad_report.estimated_pattern.shape == (1, 8, 8)
 
 
@@ -84,8 +87,10 @@ def test_source_normalised_statistics_come_from_the_same_sizes(ad_report, chessb
     expected = rel.statistics / np.sqrt(clean_margins(clf.predict(x), y))
     np.testing.assert_allclose(margin.statistics[off], expected[off], rtol=1e-6)
     assert rel.detected and (rel.source, rel.target) == (1, 0)
-    # the margin scaling moves this victim's extreme pair to another source of the same target (4 -> 0)
-    assert margin.target == 0 and margin.statistics[margin.source, margin.target] == np.nanmin(margin.statistics)
+    # the margin scaling moves this victim's extreme pair to another source of the same target (4 -> 0); the
+    # default source rule still names the true source, the smallest size into the target
+    assert margin.target == 0 and margin.statistics[margin.extreme_source, 0] == np.nanmin(margin.statistics)
+    assert (margin.extreme_source, margin.source) == (4, 1)
 
 
 def test_asymmetry_statistic_with_the_paper_null(ad_report, chessboard_victim, digits):
@@ -207,6 +212,38 @@ def test_scan_variants_read_smaller_pi_off_one_optimisation(badnets_victim, clea
     assert np.nanmean(reports["pi 0.5"].sizes) < np.nanmean(reports["default"].sizes)
 
 
+def test_source_rule_names_the_smallest_size_into_the_detected_target(clean_set):
+    """A collateral-damage layout: 9 -> 5 is the most extreme normalised pair (row 9 is hard to move elsewhere),
+    7 -> 5 the smaller common perturbation into the same target. The p-value and target do not depend on the rule."""
+    from art_backdoor_ext.defences.model.perturbation import EngineResult, pair_problems
+
+    x, y = clean_set
+    with torch.random.fork_rng(devices=[]):
+        clf = make_classifier(DigitsCNN(), device_type="cpu")
+    problems = pair_problems(y, 10)
+    size = np.where(problems.sources == 9, 40.0, 10.0)
+    size[(problems.sources == 9) & (problems.targets == 5)] = 3.5
+    size[(problems.sources == 7) & (problems.targets == 5)] = 3.0
+    p = len(problems)
+    result = EngineResult(
+        problems=problems, size_l1=size * 8, size_l2=size, misclassification=np.full(p, 0.8),
+        initial_misclassification=np.zeros(p), reached=np.ones(p, dtype=bool), iterations=np.full(p, 10),
+        perturbations=np.arange(p, dtype=float)[:, None, None, None] * np.ones((p, 1, 8, 8)),
+        trace_size_l1=np.full((1, p), np.nan), trace_size_l2=np.full((1, p), np.nan),
+        trace_misclassification=np.full((1, p), np.nan))
+    reports = {rule: OrderStatisticDetector(clf, source_rule=rule)._report(x, y, 1.0, problems, result, 0.0)
+               for rule in ("most-extreme", "smallest-size")}
+    extreme, smallest = reports["most-extreme"], reports["smallest-size"]
+    assert (extreme.source, extreme.target, extreme.extreme_source) == (9, 5, 9)
+    assert (smallest.source, smallest.target, smallest.extreme_source) == (7, 5, 9)
+    assert smallest.p_value == extreme.p_value and smallest.detected == extreme.detected
+    pair_75 = int(np.flatnonzero((problems.sources == 7) & (problems.targets == 5))[0])
+    assert np.all(smallest.estimated_pattern == pair_75)  # the pattern of the named pair
+    assert json.loads(json.dumps(smallest.to_dict()))["extreme_source"] == 9
+    with pytest.raises(InvalidParameterError, match="source_rule"):
+        OrderStatisticDetector(clf, source_rule="largest")
+
+
 def test_bad_input(badnets_victim, clean_set):
     x, y = clean_set
     clf = badnets_victim.classifier
@@ -252,10 +289,11 @@ def test_scan_cli_writes_report_and_plot(chessboard_victim, digits, tmp_path, ca
     np.savez(data, x=x, y=y)
     out = tmp_path / "out"
     code = cli.main(["scan", "--arch", "digits-cnn", "--weights", str(weights), "--data", str(data),
-                     "--output", str(out), "--quiet"])
+                     "--output", str(out), "--quiet", "--source-rule", "smallest-size"])
     assert code == 0 and "BACKDOOR DETECTED" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
-    assert report["target"] == 0 and report["detected"]
+    assert (report["source"], report["target"]) == (1, 0) and report["detected"]
+    assert report["settings"]["source_rule"] == "smallest-size"
     assert (out / "statistics.png").stat().st_size > 1000
 
 

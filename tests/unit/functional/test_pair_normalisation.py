@@ -6,6 +6,7 @@ from art_backdoor_ext.functional.pair_normalisation import (
     class_mean_distances,
     clean_margins,
     normalised_statistics,
+    smallest_size_source,
     source_normalised_statistics,
 )
 from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
@@ -142,3 +143,20 @@ def test_class_mean_distances():
         class_mean_distances(x, y + 0.5)
     with pytest.raises(DataError, match="looks one-hot"):
         class_mean_distances(x, np.eye(3)[y])
+
+
+def test_smallest_size_source_names_the_cheapest_class_into_the_target():
+    d = np.full((4, 4), 5.0)
+    np.fill_diagonal(d, np.nan)
+    d[3, 2], d[0, 2], d[1, 0] = 1.5, 2.0, 0.1  # (1, 0) is smaller but goes to another target
+    assert smallest_size_source(d, 2) == 3
+    d[0, 2] = 0.0  # a pair the model already confuses counts as the smallest
+    assert smallest_size_source(d, 2) == 0
+    assert smallest_size_source(d, 0) == 1  # a source index below the target
+    with pytest.raises(DataError, match="target must be a class index in 0..3"):
+        smallest_size_source(d, 4)
+    with pytest.raises(DataError, match="square K x K"):
+        smallest_size_source(d[:2, :2], 0)
+    d[1, 2] = np.inf
+    with pytest.raises(DataError, match="sizes into target 2 must be finite"):
+        smallest_size_source(d, 2)
