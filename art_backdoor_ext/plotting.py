@@ -67,20 +67,22 @@ def plot_order_statistic(report: Any, path: str | Path | None = None) -> Any:
     label, axis = _RECIPROCAL_LABELS.get(statistic, _RECIPROCAL_LABELS["size"])
     null = report.null
     on_sizes = null.get("variable") == "size"
+    tested = report.source if getattr(report, "extreme_source", None) is None else report.extreme_source
+    pair = f"{tested}->{report.target}" + (f" (source named: {report.source})" if tested != report.source else "")
     if on_sizes:  # the null was fitted to the size-like statistics themselves; the smallest one is tested
         label, axis = _SIZE_LABELS.get(statistic, _SIZE_LABELS["size"]), "size-like statistic"
         values = report.statistics[off]
-        extreme = report.statistics[report.source, report.target]
+        extreme = report.statistics[tested, report.target]
     else:
         values = 1.0 / report.statistics[off]
-        extreme = 1.0 / report.statistics[report.source, report.target]
+        extreme = 1.0 / report.statistics[tested, report.target]
     ax.hist(values, bins=30, density=True, color="#8aa",
             label=f"{'size-like' if on_sizes else 'reciprocal'} statistics {label}")
     grid = np.linspace(0, values.max() * 1.1, 400)
     ax.plot(grid, stats.gamma.pdf(grid, a=null["shape"], scale=null["scale"]), color="k",
             label="fitted Gamma null" + (" (on sizes)" if on_sizes else ""))
     ax.axvline(extreme, color="#c33", ls="--",
-               label=f"{'min' if on_sizes else 'max'}: {report.source}->{report.target}, p={report.p_value:.2g}")
+               label=f"{'min' if on_sizes else 'max'}: {pair}, p={report.p_value:.2g}")
     if null.get("truncation") is not None:
         ax.axvline(null["truncation"], color="#888", ls=":", label="truncation")
     ax.set_xlabel(axis)

@@ -181,3 +181,14 @@ def test_sigma_statistic_plots_the_reciprocal_spread():
     report = _report("sigma")
     np.testing.assert_allclose(cepa_evidence_by_target(report, "all-to-one", "relu1"),
                                1.0 / report.statistics["all-to-one"]["relu1"]["sigma"])
+
+
+def test_order_statistic_plot_marks_the_tested_pair_when_the_source_is_named_by_size(tmp_path):
+    """source_rule="smallest-size" can name another source than the tested pair's: the line stays on the tested
+    statistic and the legend says which source was named."""
+    import dataclasses
+
+    report = dataclasses.replace(_ad_report("source-normalised", variable="size"), source=1, extreme_source=3)
+    ax = plot_order_statistic(report, tmp_path / "ad.png").axes[0]
+    assert any(label.startswith("min: 3->0 (source named: 1)") for label in ax.get_legend_handles_labels()[1])
+    assert [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [pytest.approx(0.2)]
