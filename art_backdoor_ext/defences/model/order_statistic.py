@@ -38,11 +38,11 @@ global trigger also moves classes that look like its source (the paper's "collat
 normalised statistics can make such a class the most extreme. Detection (p-value, target) is unchanged.
 
 :meth:`OrderStatisticDetector.scan_variants` optimises once and decides several times: the parameters in
-:data:`INFERENCE_PARAMETERS` (norm, confusion correction, statistic, null, theta) do not change the perturbations,
-so variants that differ only in them share one run of the engine. The target misclassification fraction ``pi``
-(:data:`TRACE_PARAMETERS`) may vary too: each pair's steps do not depend on ``pi`` until it stops, so one run at
-the largest ``pi`` gives every smaller one from its per-iteration trace (the paper's Fig. 11, detection against
-``pi``, from one optimisation instead of one per value).
+:data:`INFERENCE_PARAMETERS` (norm, confusion correction, statistic, null, theta, source rule) do not change the
+perturbations, so variants that differ only in them share one run of the engine. The target misclassification
+fraction ``pi`` (:data:`TRACE_PARAMETERS`) may vary too: each pair's steps do not depend on ``pi`` until it stops,
+so one run at the largest ``pi`` gives every smaller one from its per-iteration trace (the paper's Fig. 11,
+detection against ``pi``, from one optimisation instead of one per value).
 """
 
 from __future__ import annotations
@@ -356,7 +356,7 @@ class OrderStatisticDetector(ModelScanner):
                 for name, det in detectors.items()}
 
     def _own_stops(self, result: EngineResult, scale: float, runner: OrderStatisticDetector) -> EngineResult:
-        """``runner``'s result as this detector's engine would have stopped it (a ``pi`` no larger than its own)."""
+        """``runner``'s result as this detector's engine would have stopped it (``runner``'s ``pi`` is the larger)."""
         if self.target_misclassification == runner.target_misclassification:
             return result
         return result.at_fraction(self.target_misclassification, self.max_size * scale, self.max_iter)

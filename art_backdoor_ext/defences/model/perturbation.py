@@ -373,11 +373,10 @@ class EngineResult:
         """The result the same run would have given with a smaller ``target_misclassification``, read off the trace.
 
         For problems that stop at the target (:class:`Additive`, Algorithm 1) each problem's steps do not depend
-        on ``pi`` until it stops, so a smaller ``pi`` stops each problem at the first traced iteration where its
-        misclassification fraction reaches that ``pi``, its L2 size reaches ``max_size_l2`` or the iteration count
-        reaches ``max_iter``, as :class:`PerturbationEngine` stops it (fractions and sizes compared in float32,
-        as the engine compares them). Traces end at the new stop. The perturbations themselves are not traced:
-        the returned ``perturbations`` are NaN (run the engine again on the problems whose pattern is needed).
+        on ``pi`` until it stops: a smaller ``pi`` stops it at the first traced iteration where its fraction
+        reaches ``pi``, its L2 size ``max_size_l2`` or the count ``max_iter``, compared in float32 as the engine
+        does. Traces end there. Perturbations are not traced: the returned ones are NaN (run the engine again on
+        the problems whose pattern is needed).
 
         :raises InvalidParameterError: ``target_misclassification`` above the fraction of a problem's run that
             reached its target (only a smaller ``pi`` can be read off a trace).
