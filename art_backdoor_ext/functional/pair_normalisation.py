@@ -158,9 +158,7 @@ def smallest_size_source(sizes: ArrayLike, target: int) -> int:
     :raises DataError: not a K x K matrix with K >= 3, a target outside 0..K-1, or a size in the target's column
         that is not finite or negative.
     """
-    arr = np.array(sizes, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] < 3:
-        raise DataError(f"sizes must be a square K x K matrix with K >= 3, got shape {arr.shape}")
+    arr = _square(sizes)
     if not 0 <= int(target) < len(arr):
         raise DataError(f"target must be a class index in 0..{len(arr) - 1}, got {target}")
     column = np.delete(arr[:, int(target)], int(target))
@@ -170,10 +168,16 @@ def smallest_size_source(sizes: ArrayLike, target: int) -> int:
     return source + int(source >= int(target))
 
 
-def _sizes(sizes: ArrayLike) -> np.ndarray:
+def _square(sizes: ArrayLike) -> np.ndarray:
+    """A float64 copy of ``sizes``, checked to be a K x K matrix with K >= 3."""
     arr = np.array(sizes, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] < 3:
         raise DataError(f"sizes must be a square K x K matrix with K >= 3, got shape {arr.shape}")
+    return arr
+
+
+def _sizes(sizes: ArrayLike) -> np.ndarray:
+    arr = _square(sizes)
     off = ~np.eye(len(arr), dtype=bool)
     if not np.isfinite(arr[off]).all() or (arr[off] <= 0).any():
         raise DataError("sizes must be finite and > 0 off the diagonal")
