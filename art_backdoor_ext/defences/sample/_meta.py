@@ -146,12 +146,16 @@ def train_meta_classifier(
 
 
 def meta_probabilities(meta: MetaClassifier, features: torch.Tensor, *, batch_size: int) -> np.ndarray:
-    """Sigmoid outputs of the meta-classifier, float64 ``(N,)``."""
+    """Sigmoid outputs of the meta-classifier, float64 ``(N,)``.
+
+    The sigmoid is taken in float64: in float32 every logit above about 17 rounds to exactly 1.0, so confident
+    scores would tie and a threshold set among tied calibration scores could flag nothing.
+    """
     device = next(meta.parameters()).device
     out = []
     with eval_mode(meta), torch.no_grad():
         for sl in batch_slices(len(features), batch_size):
-            out.append(torch.sigmoid(meta(features[sl].to(device))).double().cpu().numpy())
+            out.append(torch.sigmoid(meta(features[sl].to(device)).double()).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -219,3 +219,21 @@ def make_other_arch():
 
     return make_classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), input_shape=(1, 8, 8),
                            nb_classes=10)
+
+
+def test_meta_probabilities_do_not_saturate_for_confident_logits():
+    """Logits of 18-30 all round to 1.0 under a float32 sigmoid; the scores must stay ordered and below 1."""
+    from art_backdoor_ext.defences.sample._meta import meta_probabilities
+
+    class FirstValue(torch.nn.Module):  # stands in for a confident meta-classifier: logit = the first feature
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return x.flatten(1)[:, 0]
+
+    logits = torch.tensor([18.0, 22.0, 26.0, 30.0]).reshape(4, 1, 1, 1)
+    scores = meta_probabilities(FirstValue(), logits, batch_size=2)
+    assert scores.dtype == np.float64
+    assert np.all(np.diff(scores) > 0) and np.all(scores < 1.0)
