@@ -40,7 +40,7 @@ from art_backdoor_ext.attacks.triggers import blend_trigger, patch_trigger
 from art_backdoor_ext.benchmarks import BenchmarkReport, memory_columns, register_benchmark
 from art_backdoor_ext.benchmarks.ad import REDRAW_STRIDE
 from art_backdoor_ext.datasets import load_dataset, split_for_defence
-from art_backdoor_ext.defences.sample import MBDS
+from art_backdoor_ext.defences.sample import MBDS, ClassResidualDetector
 from art_backdoor_ext.ensemble import profile_training, train_ensemble, train_sequential
 from art_backdoor_ext.functional.metrics import f_beta, false_acceptance_rate, false_rejection_rate, roc_auc
 from art_backdoor_ext.models import build_model, make_classifier
@@ -62,8 +62,11 @@ ATTACKS = ("BadNets", "Blended", "Jumbo")
 #: Feature sources reported: the paper's black-box mode, the white-box mode with the shared (randomly initialised)
 #: shadow models, and the white-box mode with shadow models fine-tuned from the victim's own weights (one fit per
 #: victim, ``victim_init_shadows`` of them), whose channels line up with the victim's.
-SOURCES = ("shadow", "victim", "victim, victim-init shadows")
+SOURCES = ("shadow", "victim", "victim, victim-init shadows", "class residual (white-box baseline, no shadows)")
 VICTIM_INIT = SOURCES[2]
+#: Not MBDS: :class:`~art_backdoor_ext.defences.sample.ClassResidualDetector` on the victim's penultimate layer,
+#: fitted on the same reserve, reported beside MBDS as the comparison that explains where MBDS falls short.
+BASELINE = SOURCES[3]
 PAPER = ("paper anchor (Table III, F2): CIFAR-10 BadNets 0.947, Blended 0.617, Jumbo 0.776; "
          "MNIST 0.327 / 0.590 / 0.503")
 
@@ -92,8 +95,8 @@ def _mbds(clf: Any, cfg: dict[str, Any], n: int, seed: int) -> MBDS:
                 meta_epochs=cfg["meta_epochs"], random_state=seed)
 
 
-def _evaluate(det: MBDS, clf: Any, trigger: Any, target: int, x_test: np.ndarray, y_test: np.ndarray,
-              sources: tuple[str, ...] = ("shadow", "victim")) -> dict[str, dict[str, float]]:
+def _evaluate(det: MBDS | ClassResidualDetector, clf: Any, trigger: Any, target: int, x_test: np.ndarray,
+              y_test: np.ndarray, sources: tuple[str, ...] = ("shadow", "victim")) -> dict[str, dict[str, float]]:
     """Per feature source: Accuracy, FAR, FRR, F2 and F2 on effective triggers, with detection seconds."""
     x_trig = trigger(x_test[y_test != target])
     x_eval = np.concatenate([x_test, x_trig])
@@ -103,7 +106,7 @@ def _evaluate(det: MBDS, clf: Any, trigger: Any, target: int, x_test: np.ndarray
     out = {}
     for source in sources:
         start = time.perf_counter()
-        report, flagged = det.detect(x_eval, feature_source=source)
+        report, flagged = det.detect(x_eval) if source == BASELINE else det.detect(x_eval, feature_source=source)
         # Accuracy: fraction of evaluation inputs (clean + triggered) whose MBDS decision is right.
         out[source] = {"Accuracy": float(np.mean(flagged == is_poison)), **_metrics(flagged, is_poison),
                        "F2 (effective triggers)": f_beta(flagged[effective], is_poison[effective], beta=2.0),
@@ -143,7 +146,7 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
     per_victim: list[dict[str, Any]] = []
     victims: list[dict[str, Any]] = []
     sweep_scores: list[dict[str, Any]] = []
-    victim_init_fit_s: dict[str, list[float]] = {}
+    per_victim_fit_s: dict[str, dict[str, list[float]]] = {VICTIM_INIT: {}, BASELINE: {}}
     for i, attack in enumerate(ATTACKS):
         for v in range(cfg["victims"]):
             seed = random_state + 100 + 10 * i + v
@@ -161,14 +164,17 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
                                                        shadow_seed)
                 per_victim.append({"attack": attack, "seed": victim_row["seed"], "feature source": VICTIM_INIT,
                                    **metrics})
-                victim_init_fit_s.setdefault(attack, []).append(seconds)
+                per_victim_fit_s[VICTIM_INIT].setdefault(attack, []).append(seconds)
+            metrics, seconds = _class_residual(clf, xr, yr, trigger, target, x_test, y_test, shadow_seed)
+            per_victim.append({"attack": attack, "seed": victim_row["seed"], "feature source": BASELINE, **metrics})
+            per_victim_fit_s[BASELINE].setdefault(attack, []).append(seconds)
             logger.info("bench mbds: %s victim %d done", attack, seed)
     sweep_rows = _sweep(sweep_scores, {n: seconds for n, (_det, seconds) in fitted.items()})
 
     speed = _speed(cfg, xr, yr, data.nb_classes, random_state)
     report = BenchmarkReport("mbds", profile, {
         "detection per attack, mean over victims (positives: triggered non-target test images; negatives: clean "
-        "test images)": _means(per_victim, fit_s, victim_init_fit_s),
+        "test images)": _means(per_victim, fit_s, per_victim_fit_s),
         "F2 against the number of shadow models (mean over each attack's victims)": sweep_rows,
         "shadow training: train_ensemble (vectorised) vs train_sequential, same N and data": [speed],
         "per victim": per_victim,
@@ -182,6 +188,10 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
                      f"feature source '{VICTIM_INIT}': white-box mode with {cfg.get('victim_init_shadows')} shadow "
                      "models fine-tuned from a copy of each victim (model_factory), one fit per victim (fit s: "
                      "its mean); the other two sources share one fit with randomly initialised shadows",
+                     f"'{BASELINE}': not MBDS, ClassResidualDetector (class-conditional diagonal Mahalanobis "
+                     "distance at the victim's penultimate layer, Lee et al. 2018) fitted on the same reserve (60% "
+                     "class statistics, 40% calibration), same target FRR: the comparison that shows what MBDS's "
+                     "meta-classifier misses",
                      f"victims redrawn while ASR < {cfg.get('min_asr')} (up to {cfg.get('redraws', 0)} redraws, seed "
                      f"+ {REDRAW_STRIDE} per draw; the draw with the highest ASR kept); AUROC: threshold-free "
                      "separation of the same scores (0.5 = none)",
@@ -243,6 +253,16 @@ def _victim_initialised(clf: Any, cfg: dict[str, Any], xr: np.ndarray, yr: np.nd
     return _evaluate(det, clf, trigger, target, x_test, y_test, sources=("victim",))["victim"], fit_s
 
 
+def _class_residual(clf: Any, xr: np.ndarray, yr: np.ndarray, trigger: Any, target: int, x_test: np.ndarray,
+                    y_test: np.ndarray, seed: int) -> tuple[dict[str, float], float]:
+    """The white-box baseline (not MBDS) on the same reserve: metrics and fit seconds."""
+    start = time.perf_counter()
+    det = ClassResidualDetector(clf, target_frr=0.05, random_state=seed)
+    det.fit(xr, yr)
+    fit_s = time.perf_counter() - start
+    return _evaluate(det, clf, trigger, target, x_test, y_test, sources=(BASELINE,))[BASELINE], fit_s
+
+
 def _sweep(scores: list[dict[str, Any]], fit_seconds: dict[int, float]) -> list[dict[str, Any]]:
     """One row per shadow-model count: mean F2 over each attack's victims, per feature source (Fig. 5)."""
     rows = []
@@ -256,10 +276,10 @@ def _sweep(scores: list[dict[str, Any]], fit_seconds: dict[int, float]) -> list[
     return rows
 
 
-def _means(per_victim: list[dict[str, Any]], fit_s: float, victim_init_fit_s: dict[str, list[float]]
+def _means(per_victim: list[dict[str, Any]], fit_s: float, per_victim_fit_s: dict[str, dict[str, list[float]]]
            ) -> list[dict[str, Any]]:
     """Mean over each attack's victims per feature source; ``fit s`` is the one shared fit's, or the mean of the
-    per-victim fits for the victim-initialised shadows."""
+    per-victim fits (victim-initialised shadows, the class-residual baseline)."""
     rows = []
     for attack in ATTACKS:
         for source in SOURCES:
@@ -270,7 +290,8 @@ def _means(per_victim: list[dict[str, Any]], fit_s: float, victim_init_fit_s: di
             for key in ("Accuracy", "FAR", "FRR", "F2", "F2 (effective triggers)", "AUROC"):
                 row[key] = float(np.mean([r[key] for r in group]))
             row["min F2"] = float(np.min([r["F2"] for r in group]))
-            row["fit s"] = float(np.mean(victim_init_fit_s[attack])) if source == VICTIM_INIT else fit_s
+            own_fits = per_victim_fit_s.get(source, {}).get(attack)
+            row["fit s"] = float(np.mean(own_fits)) if own_fits else fit_s
             row["detect s"] = float(np.mean([r["detect s"] for r in group]))
             rows.append(row)
     return rows

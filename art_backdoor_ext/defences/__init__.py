@@ -3,7 +3,7 @@
 - Model scanners (``scan(x_clean, y_clean) -> report``): :class:`OrderStatisticDetector` (AD),
   :class:`CEPA`, :class:`PyTorchNeuralCleanse`.
 - Sample-level detectors (ART ``EvasionDetector``): :class:`MBDS` (+ the ``MBDSPoisonFilter`` adapter),
-  :class:`STRIP`, :class:`FeatureSqueezingDetector`.
+  :class:`STRIP`, :class:`FeatureSqueezingDetector`, :class:`ClassResidualDetector`.
 - Model transformers (ART ``Transformer``): :class:`FinePruning`.
 - Poison filters (ART ``PoisonFilteringDefence``): :class:`MultiLayerActivationDefence`,
   :class:`MultiLayerSpectralSignature`, :class:`SubspaceReconstruction`.
@@ -20,7 +20,13 @@ from art_backdoor_ext.defences.base import ModelScanner
 from art_backdoor_ext.defences.model.cepa import CEPA, CEPAReport
 from art_backdoor_ext.defences.model.neural_cleanse import PyTorchNeuralCleanse
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
-from art_backdoor_ext.defences.sample import MBDS, STRIP, FeatureSqueezingDetector, MBDSPoisonFilter
+from art_backdoor_ext.defences.sample import (
+    MBDS,
+    STRIP,
+    ClassResidualDetector,
+    FeatureSqueezingDetector,
+    MBDSPoisonFilter,
+)
 from art_backdoor_ext.defences.transformer import FinePruning, FinePruningReport
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "MBDSPoisonFilter",
     "STRIP",
     "FeatureSqueezingDetector",
+    "ClassResidualDetector",
     "FinePruning",
     "FinePruningReport",
 ]

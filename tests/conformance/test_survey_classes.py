@@ -1,6 +1,6 @@
-"""The conformance battery for the survey's defences (STRIP, FeatureSqueezingDetector, FinePruning): repr, params
-round trip, unknown params, determinism under random_state, no input mutation, the classifier neither mutated nor
-re-classed, hooks removed and the model's mode restored."""
+"""The conformance battery for the survey's defences (STRIP, FeatureSqueezingDetector, FinePruning) and the
+ClassResidualDetector baseline: repr, params round trip, unknown params, determinism under random_state, no input
+mutation, the classifier neither mutated nor re-classed, hooks removed and the model's mode restored."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import pytest
 import torch
 from art.estimators.classification import PyTorchClassifier
 
-from art_backdoor_ext.defences import STRIP, FeatureSqueezingDetector, FinePruning
+from art_backdoor_ext.defences import STRIP, ClassResidualDetector, FeatureSqueezingDetector, FinePruning
 from tests.conformance._battery import check_params_round_trip, drop_seconds, run_in_train_mode
 
 
-def _detector(cls, **kw):
+def _detector(cls, labelled=False, **kw):
     def run(obj, x, y):
-        obj.fit(x)
+        if labelled:
+            obj.fit(x, y)
+        else:
+            obj.fit(x)
         report, is_backdoor = obj.detect(x[::2])
         return {"report": report, "is_backdoor": is_backdoor.tolist(), "fit": obj.fit_report_}
 
@@ -36,6 +39,7 @@ def _transformer(cls, **kw):
 CASES = {
     "STRIP": _detector(STRIP, n_perturbations=6, random_state=0),
     "FeatureSqueezingDetector": _detector(FeatureSqueezingDetector, bit_depths=(2,), median_sizes=(2, 3)),
+    "ClassResidualDetector": _detector(ClassResidualDetector, labelled=True, random_state=0),
     "FinePruning": _transformer(FinePruning, fine_tune_epochs=1, random_state=0),
 }
 

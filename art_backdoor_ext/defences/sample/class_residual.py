@@ -1,0 +1,254 @@
+"""
+A white-box sample-level baseline: flag inputs whose internal features are far from the clean features of the class
+the classifier predicts for them (a class-conditional, diagonal Mahalanobis distance; Lee et al., 2018).
+
+:class:`ClassResidualDetector` needs the classifier's weights and a small clean labelled reserve, nothing else: no
+shadow models and no knowledge of the attack. It was added beside :class:`~art_backdoor_ext.defences.sample.MBDS`
+as the comparison that explains where MBDS's meta-classifier falls short (docs/class-residual.md): a meta-classifier
+trained on Jumbo shadow backdoors learns features of those triggers, while a trigger the victim learnt makes its
+inputs look unlike clean inputs of the target class whatever the trigger is.
+
+- ``fit(x, y)`` splits the reserve (stratified) into a statistics part and a calibration part; the statistics part
+  gives per-class mean features and a per-feature within-class scale, from the samples the classifier gets right
+  (all of a class's samples where it gets fewer than two right);
+  the threshold is the split-conformal rank of the calibration part's scores (expected FRR on new clean inputs at
+  most ``target_frr``, :func:`~art_backdoor_ext.functional.detection.threshold_at_frr`).
+- ``score(x)`` is the mean squared standardised residual of the input's features to the mean of its predicted
+  class (:func:`~art_backdoor_ext.functional.class_residual.residual_scores`); higher is more suspicious.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from art.defences.detector.evasion.evasion_detector import EvasionDetector
+from art.estimators.classification import PyTorchClassifier
+from torch import nn
+
+from art_backdoor_ext._torch import extract_features, layer_names, resolve_layers
+from art_backdoor_ext._validation import (
+    Instance,
+    Interval,
+    ParamsMixin,
+    check_images,
+    check_labels,
+    check_pytorch_classifier,
+)
+from art_backdoor_ext.defences.base import to_builtin
+from art_backdoor_ext.defences.sample._meta import probe_model
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
+from art_backdoor_ext.functional.class_residual import class_means_and_scale, residual_scores
+from art_backdoor_ext.functional.detection import conformal_rank, realised_frr_interval, threshold_at_frr
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClassResidualDetector", "penultimate_layer"]
+
+
+def penultimate_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    """The last module registered before the model's last ``nn.Linear`` whose output has as many values per sample
+    as that layer's inputs (``"relu3"`` for the reference CNNs): the features the logits are computed from."""
+    names = [(name, module) for name, module in model.named_modules() if name]
+    linear = [i for i, (_, m) in enumerate(names) if isinstance(m, nn.Linear)]
+    if not linear or linear[-1] == 0:
+        raise InvalidParameterError(
+            "cannot find the penultimate layer: the model has no nn.Linear after another module; pass layer=<name> "
+            f"(the model's layers are: {', '.join(layer_names(model))})")
+    last = names[linear[-1]][1]
+    candidates = [name for name, m in names[:linear[-1]] if not list(m.children())]
+    shapes, _ = probe_model(model, input_shape, candidates)
+    fitting = [n for n in candidates if n in shapes and int(np.prod(shapes[n][1:])) == int(last.in_features)]
+    if not fitting:
+        raise InvalidParameterError(
+            f"cannot find the layer that feeds the last nn.Linear ({last.in_features} inputs); pass layer=<name> "
+            f"(the model's layers are: {', '.join(layer_names(model))})")
+    return fitting[-1]
+
+
+class ClassResidualDetector(ParamsMixin, EvasionDetector):
+    """
+    Flag inputs whose features at ``layer`` are far from the clean mean of their predicted class, in units of the
+    clean within-class spread (white-box baseline; see the module doc).
+
+    | Paper link (the class-conditional Gaussian score, here with a diagonal covariance):
+      https://arxiv.org/abs/1807.03888
+
+    :param classifier: The (possibly backdoored) ART ``PyTorchClassifier``; inputs NCHW in its ``clip_values``. It
+        is only read.
+    :param layer: Layer whose (flattened) output is the feature vector; ``None``: the input of the last
+        ``nn.Linear`` (:func:`penultimate_layer`).
+    :param target_frr: Bound on the expected false rejection rate on new clean inputs (split-conformal rank of the
+        calibration scores).
+    :param calibration_fraction: Share of the reserve (per class) kept for the threshold; the rest gives the class
+        statistics.
+    :param batch_size: Forward-pass batch size.
+    :param random_state: Seed or generator of the reserve split.
+    :param verbose: Unused (one forward pass per batch; no long loop); kept for the house signature.
+
+    Example::
+
+        det = ClassResidualDetector(classifier, target_frr=0.05, random_state=0)
+        det.fit(x_reserved, y_reserved)           # small clean labelled reserve, NCHW float32 in [0, 1]
+        report, is_backdoor = det.detect(x)       # is_backdoor[i] True: x[i] judged backdoored
+        scores = det.score(x)                     # (N,), higher = more suspicious
+    """
+
+    _estimator_requirements = (PyTorchClassifier,)
+    _parameter_constraints: dict[str, list[Any]] = {
+        "layer": [Instance(str), None],
+        "target_frr": [Interval(float, 0, 1, closed="neither")],
+        "calibration_fraction": [Interval(float, 0, 1, closed="neither")],
+        "batch_size": [Interval(int, 1, None)],
+        "random_state": [Interval(int, 0, None), Instance(np.random.Generator), None],
+        "verbose": [Instance(bool)],
+    }
+    defence_params = list(_parameter_constraints)
+
+    def __init__(
+        self,
+        classifier: PyTorchClassifier,
+        layer: str | None = None,
+        target_frr: float = 0.05,
+        random_state: int | np.random.Generator | None = None,
+        verbose: bool = False,
+        *,
+        calibration_fraction: float = 0.4,
+        batch_size: int = 256,
+    ) -> None:
+        EvasionDetector.__init__(self)
+        check_pytorch_classifier(classifier, type(self))
+        self.classifier = classifier
+        self.layer = layer
+        self.target_frr = target_frr
+        self.calibration_fraction = calibration_fraction
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+        self._fitted = False
+        self._check_params()
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None, nb_epochs: int | None = None,
+            **kwargs: Any) -> None:
+        """
+        Class statistics from part of the clean reserve, threshold from the rest (no training).
+
+        :param x: Clean reserve, NCHW float32 in the classifier's ``clip_values``.
+        :param y: Integer labels ``(N,)`` (or one-hot).
+        :param batch_size: Unused (``self.batch_size`` is the forward-pass batch size); kept for ART's signature.
+        :param nb_epochs: Unused (nothing is trained).
+        :param kwargs: Hyper-parameters to set first (validated).
+        :raises DataError: NHWC / float64 / out-of-range data, bad labels, a class with fewer than 3 reserve samples
+            (each class needs 2 for its statistics and 1 for calibration). A class with fewer than two samples the
+            classifier gets right uses all its statistics samples (``fit_report_["classes_with_all_samples"]``).
+        """
+        if kwargs:
+            self.set_params(**kwargs)
+        start = time.perf_counter()
+        k = int(self.classifier.nb_classes)
+        x = self._check_x(x)
+        y = check_labels(y, n_samples=len(x), nb_classes=k, name="y", allow_one_hot=True)
+        layer = self._resolve_layer()
+        idx_stats, idx_cal = self._split(y)
+        features, predicted = self._features(x[idx_stats], layer)
+        y_stats = y[idx_stats]
+        kept = predicted == y_stats
+        # a class the classifier gets (almost) never right keeps all its samples rather than none
+        fallback = [c for c in range(k) if np.sum(kept & (y_stats == c)) < 2]
+        if fallback:
+            logger.warning("ClassResidualDetector: fewer than 2 correctly classified statistics samples of class(es) "
+                           "%s; their statistics use all their samples", fallback)
+            kept |= np.isin(y_stats, fallback)
+        means, scale = class_means_and_scale(features[kept], y_stats[kept], k)
+        self._layer, self._means, self._scale = layer, means, scale
+        self._fitted = True
+        clean = self._score(x[idx_cal])
+        self._threshold = threshold_at_frr(clean, self.target_frr, method="conformal")
+        rank = max(conformal_rank(len(idx_cal), self.target_frr), 1)
+        expected, low, high = realised_frr_interval(len(idx_cal), rank, coverage=0.9)
+        self.fit_report_ = to_builtin({
+            "layer": layer, "n_features": int(means.shape[1]), "reserve_split": {"statistics": len(idx_stats),
+                                                                                "calibration": len(idx_cal)},
+            "statistics_samples_kept": int(kept.sum()), "classes_with_all_samples": fallback,
+            "threshold": self._threshold,
+            "calibration_frr": {"n_calibration": len(idx_cal), "rank": rank, "expected": expected,
+                                "interval_90": [low, high]},
+            "seconds": time.perf_counter() - start})
+        logger.info("ClassResidualDetector fitted: %s", self.fit_report_)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """
+        Mean squared standardised class residual of each input (higher = more suspicious).
+
+        :param x: Inputs NCHW float32 in the classifier's ``clip_values``.
+        :return: float64 ``(N,)``.
+        :raises NotFittedError: before :meth:`fit`.
+        """
+        self._require_fitted()
+        return self._score(self._check_x(x))
+
+    def detect(self, x: np.ndarray, batch_size: int = 128, **kwargs: Any) -> tuple[dict[str, Any], np.ndarray]:
+        """
+        Flag backdoored inputs (ART's ``EvasionDetector`` contract).
+
+        :param x: Inputs NCHW float32 in the classifier's ``clip_values``.
+        :param batch_size: Unused (``self.batch_size`` is the forward-pass batch size); kept for ART's signature.
+        :return: ``(report, is_backdoor)``: a JSON-serialisable dict and a boolean ``(N,)`` array, True for inputs
+            judged backdoored.
+        """
+        if kwargs:
+            raise InvalidParameterError(f"ClassResidualDetector.detect got unknown argument(s) {sorted(kwargs)}")
+        scores = self.score(x)
+        is_backdoor = np.asarray(scores > self._threshold, dtype=bool)
+        report = to_builtin({
+            "defence": "ClassResidualDetector", "layer": self._layer, "threshold": self._threshold,
+            "target_frr": self.target_frr, "n_samples": len(scores), "n_flagged": int(is_backdoor.sum()),
+            "scores": scores})
+        return report, is_backdoor
+
+    @property
+    def threshold(self) -> float:
+        """The calibrated threshold."""
+        self._require_fitted()
+        return float(self._threshold)
+
+    # ------------------------------------------------------------------ steps
+    def _require_fitted(self) -> None:
+        if not self._fitted:
+            raise NotFittedError("ClassResidualDetector is not fitted: call fit(x_reserved, y_reserved) first")
+
+    def _check_x(self, x: Any) -> np.ndarray:
+        return check_images(x, name="x", input_shape=self.classifier.input_shape,
+                            clip_values=self.classifier.clip_values)
+
+    def _resolve_layer(self) -> str:
+        model = self.classifier.model
+        if self.layer is None:
+            return penultimate_layer(model, tuple(int(s) for s in self.classifier.input_shape))
+        resolve_layers(model, [self.layer])
+        return self.layer
+
+    def _split(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(self.random_state)
+        stats, cal = [], []
+        for c in range(int(self.classifier.nb_classes)):
+            idx = rng.permutation(np.flatnonzero(y == c))
+            n_cal = int(round(self.calibration_fraction * len(idx)))
+            if len(idx) < 3 or n_cal == 0 or n_cal == len(idx):
+                raise DataError(f"class {c} has {len(idx)} reserve samples: ClassResidualDetector needs every class "
+                                f"in both parts of the reserve (calibration_fraction={self.calibration_fraction}), "
+                                "at least 3 samples per class")
+            cal.append(idx[:n_cal])
+            stats.append(idx[n_cal:])
+        return np.sort(np.concatenate(stats)), np.sort(np.concatenate(cal))
+
+    def _features(self, x: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        out = extract_features(self.classifier, x, [layer], batch_size=self.batch_size, include_logits=True)
+        return out[layer].astype(np.float64), out["logits"].argmax(axis=1)
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        features, predicted = self._features(x, self._layer)
+        return residual_scores(features, predicted, self._means, self._scale)
