@@ -4,7 +4,7 @@ Attacks: ``badnets``, ``blend``, ``sig``, ``warp``, ``chessboard``, ``sparse``.
 Defences: ART's own ``art-ac`` and ``art-ss`` exactly as ART users call them (last layer, defaults), and this
 project's layer-selectable ``ac``, ``ss`` and ``sr`` (Subspace Reconstruction); model scanners ``ad``, ``nc``,
 ``cepa``; sample detectors ``mbds``, ``strip``, ``art-strip`` (ART's STRIP on a copy of the classifier),
-``feature-squeezing``; the transformer ``fine-pruning``.
+``feature-squeezing``, ``class-residual`` (white-box baseline); the transformer ``fine-pruning``.
 """
 
 from __future__ import annotations
@@ -190,6 +190,20 @@ def _mbds(context: EvaluationContext) -> list[DefenceOutcome]:
     from art_backdoor_ext.defences import MBDS
 
     detector = MBDS(context.victim.classifier, n_shadow_models=16, random_state=context.random_state)
+
+    def run(reserve: np.ndarray, x_all: np.ndarray) -> np.ndarray:
+        detector.fit(context.x_clean[reserve], context.y_clean[reserve])
+        return detector.detect(x_all)[1]
+
+    return _sample_detector_outcome(context, detector._resolve_layer(), run)
+
+
+@register_defence("class-residual", "sample-detector",
+                  "class-conditional feature residual at the penultimate layer, FRR 5% (white-box baseline)")
+def _class_residual(context: EvaluationContext) -> list[DefenceOutcome]:
+    from art_backdoor_ext.defences import ClassResidualDetector
+
+    detector = ClassResidualDetector(context.victim.classifier, random_state=context.random_state)
 
     def run(reserve: np.ndarray, x_all: np.ndarray) -> np.ndarray:
         detector.fit(context.x_clean[reserve], context.y_clean[reserve])

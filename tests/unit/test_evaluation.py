@@ -160,8 +160,9 @@ def test_model_scanner_and_sample_detector_rows(badnets_victim, digits):
 
 
 def test_survey_defences_rows(badnets_victim, digits):
-    """STRIP, ART's STRIP, feature squeezing and Fine-Pruning run through the registry on the same victim; ART's
-    STRIP gets a copy (the victim keeps its class); Fine-Pruning rows carry the repaired model's BA/ASR."""
+    """STRIP, ART's STRIP, feature squeezing, the class-residual baseline and Fine-Pruning run through the registry
+    on the same victim; ART's STRIP gets a copy (the victim keeps its class); Fine-Pruning rows carry the repaired
+    model's BA/ASR."""
     _ensure_registered()
     from art.estimators.classification import PyTorchClassifier
 
@@ -169,16 +170,17 @@ def test_survey_defences_rows(badnets_victim, digits):
 
     ctx = EvaluationContext(badnets_victim, digits.x_test, digits.y_test, digits.x_test, digits.y_test, [], 0)
     rows = {}
-    for name in ("strip", "art-strip", "feature-squeezing", "fine-pruning"):
+    for name in ("strip", "art-strip", "feature-squeezing", "class-residual", "fine-pruning"):
         spec = DEFENCES[name]
         (outcome,) = spec.run(ctx)
         rows[name] = (outcome, make_row("badnets", 0, spec, outcome, badnets_victim, 0.0))
     assert type(badnets_victim.classifier) is PyTorchClassifier
-    for name in ("strip", "art-strip", "feature-squeezing"):
+    for name in ("strip", "art-strip", "feature-squeezing", "class-residual"):
         outcome, row = rows[name]
         assert row.kind == "sample-detector" and len(outcome.is_flagged) == len(outcome.extra["is_backdoor_truth"])
         assert 0 <= row.f1 <= 1
     assert rows["strip"][1].f1 > 0.9 > rows["art-strip"][1].f1  # measured 1.0 against 0.0 on this victim
+    assert rows["class-residual"][1].f1 > 0.8 and rows["class-residual"][0].layer == "relu3"
     outcome, row = rows["fine-pruning"]
     assert row.kind == "transformer" and row.f1 is None
     assert row.repaired_attack_success_rate == outcome.extra["stages"]["fine-pruned"]["attack_success_rate"]
