@@ -24,20 +24,13 @@ import time
 from typing import Any
 
 import numpy as np
-from art.defences.detector.evasion.evasion_detector import EvasionDetector
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
 from art_backdoor_ext._torch import extract_features, layer_names, resolve_layers
-from art_backdoor_ext._validation import (
-    Instance,
-    Interval,
-    ParamsMixin,
-    check_images,
-    check_labels,
-    check_pytorch_classifier,
-)
+from art_backdoor_ext._validation import Instance, Interval, check_labels
 from art_backdoor_ext.defences.base import to_builtin
+from art_backdoor_ext.defences.sample._calibrated import CalibratedDetector
 from art_backdoor_ext.defences.sample._meta import probe_model
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
 from art_backdoor_ext.functional.class_residual import class_means_and_scale, residual_scores
@@ -68,7 +61,7 @@ def penultimate_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     return fitting[-1]
 
 
-class ClassResidualDetector(ParamsMixin, EvasionDetector):
+class ClassResidualDetector(CalibratedDetector):
     """
     Flag inputs whose features at ``layer`` are far from the clean mean of their predicted class, in units of the
     clean within-class spread (white-box baseline; see the module doc).
@@ -96,7 +89,8 @@ class ClassResidualDetector(ParamsMixin, EvasionDetector):
         scores = det.score(x)                     # (N,), higher = more suspicious
     """
 
-    _estimator_requirements = (PyTorchClassifier,)
+    higher_is_suspicious = True
+    threshold_method = "conformal"
     _parameter_constraints: dict[str, list[Any]] = {
         "layer": [Instance(str), None],
         "target_frr": [Interval(float, 0, 1, closed="neither")],
@@ -118,26 +112,23 @@ class ClassResidualDetector(ParamsMixin, EvasionDetector):
         calibration_fraction: float = 0.4,
         batch_size: int = 256,
     ) -> None:
-        EvasionDetector.__init__(self)
-        check_pytorch_classifier(classifier, type(self))
-        self.classifier = classifier
+        super().__init__(classifier)
         self.layer = layer
         self.target_frr = target_frr
         self.calibration_fraction = calibration_fraction
         self.batch_size = batch_size
         self.random_state = random_state
         self.verbose = verbose
-        self._fitted = False
         self._check_params()
 
     # ------------------------------------------------------------------ public API
-    def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int | None = None, nb_epochs: int | None = None,
-            **kwargs: Any) -> None:
+    def fit(self, x: np.ndarray, y: np.ndarray | None = None, batch_size: int | None = None,
+            nb_epochs: int | None = None, **kwargs: Any) -> None:
         """
         Class statistics from part of the clean reserve, threshold from the rest (no training).
 
         :param x: Clean reserve, NCHW float32 in the classifier's ``clip_values``.
-        :param y: Integer labels ``(N,)`` (or one-hot).
+        :param y: Integer labels ``(N,)`` (or one-hot); required (``None`` raises: the class statistics need them).
         :param batch_size: Unused (``self.batch_size`` is the forward-pass batch size); kept for ART's signature.
         :param nb_epochs: Unused (nothing is trained).
         :param kwargs: Hyper-parameters to set first (validated).
@@ -150,6 +141,8 @@ class ClassResidualDetector(ParamsMixin, EvasionDetector):
         start = time.perf_counter()
         k = int(self.classifier.nb_classes)
         x = self._check_x(x)
+        if y is None:
+            raise DataError("ClassResidualDetector.fit needs the reserve's labels: fit(x_reserved, y_reserved)")
         y = check_labels(y, n_samples=len(x), nb_classes=k, name="y", allow_one_hot=True)
         layer = self._resolve_layer()
         idx_stats, idx_cal = self._split(y)
@@ -165,7 +158,7 @@ class ClassResidualDetector(ParamsMixin, EvasionDetector):
         means, scale = class_means_and_scale(features[kept], y_stats[kept], k)
         self._layer, self._means, self._scale = layer, means, scale
         self._fitted = True
-        clean = self._score(x[idx_cal])
+        clean = self._score(x[idx_cal], calibration=True)
         self._threshold = threshold_at_frr(clean, self.target_frr, method="conformal")
         rank = max(conformal_rank(len(idx_cal), self.target_frr), 1)
         expected, low, high = realised_frr_interval(len(idx_cal), rank, coverage=0.9)
@@ -179,50 +172,21 @@ class ClassResidualDetector(ParamsMixin, EvasionDetector):
             "seconds": time.perf_counter() - start})
         logger.info("ClassResidualDetector fitted: %s", self.fit_report_)
 
-    def score(self, x: np.ndarray) -> np.ndarray:
-        """
-        Mean squared standardised class residual of each input (higher = more suspicious).
-
-        :param x: Inputs NCHW float32 in the classifier's ``clip_values``.
-        :return: float64 ``(N,)``.
-        :raises NotFittedError: before :meth:`fit`.
-        """
-        self._require_fitted()
-        return self._score(self._check_x(x))
-
-    def detect(self, x: np.ndarray, batch_size: int = 128, **kwargs: Any) -> tuple[dict[str, Any], np.ndarray]:
-        """
-        Flag backdoored inputs (ART's ``EvasionDetector`` contract).
-
-        :param x: Inputs NCHW float32 in the classifier's ``clip_values``.
-        :param batch_size: Unused (``self.batch_size`` is the forward-pass batch size); kept for ART's signature.
-        :return: ``(report, is_backdoor)``: a JSON-serialisable dict and a boolean ``(N,)`` array, True for inputs
-            judged backdoored.
-        """
-        if kwargs:
-            raise InvalidParameterError(f"ClassResidualDetector.detect got unknown argument(s) {sorted(kwargs)}")
-        scores = self.score(x)
-        is_backdoor = np.asarray(scores > self._threshold, dtype=bool)
-        report = to_builtin({
-            "defence": "ClassResidualDetector", "layer": self._layer, "threshold": self._threshold,
-            "target_frr": self.target_frr, "n_samples": len(scores), "n_flagged": int(is_backdoor.sum()),
-            "scores": scores})
-        return report, is_backdoor
-
-    @property
-    def threshold(self) -> float:
-        """The calibrated threshold."""
-        self._require_fitted()
-        return float(self._threshold)
-
     # ------------------------------------------------------------------ steps
+    def _prepare(self, x: np.ndarray) -> None:
+        """Unused: :meth:`fit` needs the labels and sets the class statistics itself."""
+
+    def _score(self, x: np.ndarray, *, calibration: bool = False) -> np.ndarray:
+        features, predicted = self._features(x, self._layer)
+        return residual_scores(features, predicted, self._means, self._scale)
+
+    def _report_extra(self) -> dict[str, Any]:
+        return {"layer": self._layer, "score": "mean squared standardised residual to the predicted class's clean "
+                                               "mean; high = backdoored"}
+
     def _require_fitted(self) -> None:
         if not self._fitted:
             raise NotFittedError("ClassResidualDetector is not fitted: call fit(x_reserved, y_reserved) first")
-
-    def _check_x(self, x: Any) -> np.ndarray:
-        return check_images(x, name="x", input_shape=self.classifier.input_shape,
-                            clip_values=self.classifier.clip_values)
 
     def _resolve_layer(self) -> str:
         model = self.classifier.model
@@ -248,7 +212,3 @@ class ClassResidualDetector(ParamsMixin, EvasionDetector):
     def _features(self, x: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray]:
         out = extract_features(self.classifier, x, [layer], batch_size=self.batch_size, include_logits=True)
         return out[layer].astype(np.float64), out["logits"].argmax(axis=1)
-
-    def _score(self, x: np.ndarray) -> np.ndarray:
-        features, predicted = self._features(x, self._layer)
-        return residual_scores(features, predicted, self._means, self._scale)

@@ -117,6 +117,8 @@ def test_errors(badnets_victim, split, fitted):
         fitted.score(x_eval.astype(np.float64))
     with pytest.raises(DataError, match="clip_values"):
         fitted.score(x_eval * 3.0)
+    with pytest.raises(DataError, match="needs the reserve's labels"):
+        ClassResidualDetector(clf).fit(xr)
     with pytest.raises(DataError, match="labels in"):
         ClassResidualDetector(clf).fit(xr, yr + 1)
     with pytest.raises(InvalidParameterError, match="calibration_fraction"):
