@@ -25,40 +25,19 @@ from typing import Any
 
 import numpy as np
 from art.estimators.classification import PyTorchClassifier
-from torch import nn
 
-from art_backdoor_ext._torch import extract_features, layer_names, resolve_layers
+from art_backdoor_ext._torch import extract_features, resolve_layers
 from art_backdoor_ext._validation import Instance, Interval, check_labels
+from art_backdoor_ext.defences.activation.multilayer import penultimate_layer
 from art_backdoor_ext.defences.base import to_builtin
 from art_backdoor_ext.defences.sample._calibrated import CalibratedDetector
-from art_backdoor_ext.defences.sample._meta import probe_model
-from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
+from art_backdoor_ext.exceptions import DataError, NotFittedError
 from art_backdoor_ext.functional.class_residual import class_means_and_scale, residual_scores
 from art_backdoor_ext.functional.detection import conformal_rank, realised_frr_interval, threshold_at_frr
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClassResidualDetector", "penultimate_layer"]
-
-
-def penultimate_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
-    """The last module registered before the model's last ``nn.Linear`` whose output has as many values per sample
-    as that layer's inputs (``"relu3"`` for the reference CNNs): the features the logits are computed from."""
-    names = [(name, module) for name, module in model.named_modules() if name]
-    linear = [i for i, (_, m) in enumerate(names) if isinstance(m, nn.Linear)]
-    if not linear or linear[-1] == 0:
-        raise InvalidParameterError(
-            "cannot find the penultimate layer: the model has no nn.Linear after another module; pass layer=<name> "
-            f"(the model's layers are: {', '.join(layer_names(model))})")
-    last = names[linear[-1]][1]
-    candidates = [name for name, m in names[:linear[-1]] if not list(m.children())]
-    shapes, _ = probe_model(model, input_shape, candidates)
-    fitting = [n for n in candidates if n in shapes and int(np.prod(shapes[n][1:])) == int(last.in_features)]
-    if not fitting:
-        raise InvalidParameterError(
-            f"cannot find the layer that feeds the last nn.Linear ({last.in_features} inputs); pass layer=<name> "
-            f"(the model's layers are: {', '.join(layer_names(model))})")
-    return fitting[-1]
+__all__ = ["ClassResidualDetector"]
 
 
 class ClassResidualDetector(CalibratedDetector):
@@ -71,8 +50,9 @@ class ClassResidualDetector(CalibratedDetector):
 
     :param classifier: The (possibly backdoored) ART ``PyTorchClassifier``; inputs NCHW in its ``clip_values``. It
         is only read.
-    :param layer: Layer whose (flattened) output is the feature vector; ``None``: the input of the last
-        ``nn.Linear`` (:func:`penultimate_layer`).
+    :param layer: Layer whose (flattened) output is the feature vector; ``None``: the leaf module registered just
+        before the last ``nn.Linear`` (:func:`~art_backdoor_ext.defences.activation.multilayer.penultimate_layer`,
+        the default of the layer-selectable AC/SS too).
     :param target_frr: Bound on the expected false rejection rate on new clean inputs (split-conformal rank of the
         calibration scores).
     :param calibration_fraction: Share of the reserve (per class) kept for the threshold; the rest gives the class
@@ -191,7 +171,7 @@ class ClassResidualDetector(CalibratedDetector):
     def _resolve_layer(self) -> str:
         model = self.classifier.model
         if self.layer is None:
-            return penultimate_layer(model, tuple(int(s) for s in self.classifier.input_shape))
+            return penultimate_layer(model)
         resolve_layers(model, [self.layer])
         return self.layer
 

@@ -11,10 +11,10 @@ from art.exceptions import EstimatorError
 from torch import nn
 
 from art_backdoor_ext.defences import ClassResidualDetector
-from art_backdoor_ext.defences.sample.class_residual import penultimate_layer
+from art_backdoor_ext.defences.activation import penultimate_layer
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
 from art_backdoor_ext.functional.detection import conformal_rank
-from art_backdoor_ext.models import BadNetsCNN, DigitsCNN
+from art_backdoor_ext.models import BadNetsCNN, DigitsCNN, make_classifier
 from tests.conftest import white_patch
 
 
@@ -70,13 +70,16 @@ def test_an_untrained_model_separates_nothing(fresh_classifier, split):
     assert flagged[len(x_eval):].mean() < 0.5
 
 
-def test_penultimate_layer():
-    assert penultimate_layer(DigitsCNN(), (1, 8, 8)) == "relu3"
-    assert penultimate_layer(BadNetsCNN(), (1, 28, 28)) == "relu3"
-    flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    assert penultimate_layer(flat, (1, 8, 8)) == "0"
+def test_default_layer_is_the_penultimate_one():
+    """The layer before the logits: relu3 in both reference CNNs, the flatten of a linear model."""
+    assert penultimate_layer(DigitsCNN()) == "relu3" and penultimate_layer(BadNetsCNN()) == "relu3"
+    flat = make_classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), input_shape=(1, 8, 8), nb_classes=10,
+                           device_type="cpu")
+    assert ClassResidualDetector(flat)._resolve_layer() == "0"
+    conv_only = make_classifier(nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten()), input_shape=(1, 8, 8),
+                                nb_classes=10, device_type="cpu")
     with pytest.raises(InvalidParameterError, match="no nn.Linear"):
-        penultimate_layer(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), (1, 8, 8))
+        ClassResidualDetector(conv_only).fit(np.zeros((30, 1, 8, 8), np.float32), np.arange(30) % 10)
 
 
 def test_deterministic_and_input_not_mutated(badnets_victim, split):
