@@ -1,5 +1,6 @@
 """Shared base of the score-and-threshold sample detectors (:class:`~art_backdoor_ext.defences.sample.STRIP`,
-:class:`~art_backdoor_ext.defences.sample.FeatureSqueezingDetector`).
+:class:`~art_backdoor_ext.defences.sample.FeatureSqueezingDetector`, and
+:class:`~art_backdoor_ext.defences.sample.ClassResidualDetector`, whose ``fit`` needs labels and is its own).
 
 Each scores an input from the classifier's predictions; :meth:`CalibratedDetector.fit` scores the defender's
 clean inputs and sets the threshold at ``target_frr`` (:func:`~art_backdoor_ext.functional.detection.
