@@ -115,11 +115,11 @@ def _evaluate(det: MBDS | ClassResidualDetector, clf: Any, trigger: Any, target:
     return out
 
 
-@register_benchmark("mbds")
-def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | None = None) -> BenchmarkReport:
-    cfg = dict(PROFILES[profile])
-    if models is not None:
-        cfg["victims"] = models
+def benchmark_data(cfg: dict[str, Any], random_state: int) -> tuple[Any, tuple[np.ndarray, np.ndarray],
+                                                                   tuple[np.ndarray, np.ndarray],
+                                                                   tuple[np.ndarray, np.ndarray]]:
+    """The profile's dataset and its three parts for ``random_state``: the defender's reserve, the attacker's
+    share (subsampled to ``cfg["train"]``) and the test images (subsampled to ``cfg["test"]``)."""
     data = load_dataset(cfg["dataset"])
     split = split_for_defence(data.x_train, data.y_train, reserved_fraction=cfg["reserve"],
                               attacker_fraction=cfg["attacker"], random_state=random_state)
@@ -131,7 +131,15 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
     if cfg["test"] is not None:
         keep = np.random.default_rng(random_state + 7).choice(len(x_test), cfg["test"], replace=False)
         x_test, y_test = x_test[keep], y_test[keep]
-    xr, yr = split.x_reserved, split.y_reserved
+    return data, (split.x_reserved, split.y_reserved), (x_att, y_att), (x_test, y_test)
+
+
+@register_benchmark("mbds")
+def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | None = None) -> BenchmarkReport:
+    cfg = dict(PROFILES[profile])
+    if models is not None:
+        cfg["victims"] = models
+    data, (xr, yr), (x_att, y_att), (x_test, y_test) = benchmark_data(cfg, random_state)
     shadow_seed = random_state + 1
     # The shadow models and the meta-classifier do not depend on the victim: fit once per shadow count and
     # screen every victim with MBDS.for_classifier (only the victim-mode statistics are recomputed).

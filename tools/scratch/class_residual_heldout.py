@@ -13,30 +13,18 @@ import time
 import numpy as np
 
 from art_backdoor_ext.benchmarks import mbds as bench
-from art_backdoor_ext.datasets import load_dataset, split_for_defence
 
 
 def main(profile: str, seed0: int, n_victims: int) -> None:
     cfg = dict(bench.PROFILES[profile])
-    data = load_dataset(cfg["dataset"])
-    split = split_for_defence(data.x_train, data.y_train, reserved_fraction=cfg["reserve"],
-                              attacker_fraction=cfg["attacker"], random_state=seed0)
-    x_att, y_att = split.x_attacker, split.y_attacker
-    if cfg["train"] is not None and len(x_att) > cfg["train"]:
-        keep = np.random.default_rng(seed0).choice(len(x_att), cfg["train"], replace=False)
-        x_att, y_att = x_att[keep], y_att[keep]
-    x_test, y_test = data.x_test, data.y_test
-    if cfg["test"] is not None:
-        keep = np.random.default_rng(seed0 + 7).choice(len(x_test), cfg["test"], replace=False)
-        x_test, y_test = x_test[keep], y_test[keep]
+    data, (xr, yr), (x_att, y_att), (x_test, y_test) = bench.benchmark_data(cfg, seed0)
     rows = []
     for i, attack in enumerate(bench.ATTACKS):
         for v in range(n_victims):
             start = time.perf_counter()
             clf, trigger, target, victim = bench._victim(attack, seed0 + 100 + 10 * i + v, cfg, data, x_att, y_att,
                                                          x_test, y_test)
-            metrics, _ = bench._class_residual(clf, split.x_reserved, split.y_reserved, trigger, target, x_test,
-                                               y_test, seed0 + 1)
+            metrics, _ = bench._class_residual(clf, xr, yr, trigger, target, x_test, y_test, seed0 + 1)
             row = {"attack": attack, "seed": victim["seed"], "BA": round(victim["BA"], 3),
                    "ASR": round(victim["ASR"], 3), **{k: round(metrics[k], 3) for k in
                                                      ("F2", "F2 (effective triggers)", "AUROC", "FRR")},

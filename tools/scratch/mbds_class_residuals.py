@@ -29,7 +29,6 @@ import torch
 from art_backdoor_ext._torch import preprocess
 from art_backdoor_ext.attacks.jumbo import JumboContamination
 from art_backdoor_ext.benchmarks import mbds as bench
-from art_backdoor_ext.datasets import load_dataset, split_for_defence
 from art_backdoor_ext.defences.sample import MBDS
 from art_backdoor_ext.defences.sample._meta import module_features, train_meta_classifier
 from art_backdoor_ext.defences.sample.mbds import _balance, _threshold
@@ -161,19 +160,8 @@ def one_victim(attack: str, seed: int, ctx: dict) -> dict:
 
 def main(profile: str, seed0: int, n_victims: int, layer: str | None) -> None:
     cfg = dict(bench.PROFILES[profile])
-    data = load_dataset(cfg["dataset"])
+    data, (xr, yr), (x_att, y_att), (x_test, y_test) = bench.benchmark_data(cfg, seed0)
     k = data.nb_classes
-    split = split_for_defence(data.x_train, data.y_train, reserved_fraction=cfg["reserve"],
-                              attacker_fraction=cfg["attacker"], random_state=seed0)
-    x_att, y_att = split.x_attacker, split.y_attacker
-    if cfg["train"] is not None and len(x_att) > cfg["train"]:
-        keep = np.random.default_rng(seed0).choice(len(x_att), cfg["train"], replace=False)
-        x_att, y_att = x_att[keep], y_att[keep]
-    x_test, y_test = data.x_test, data.y_test
-    if cfg["test"] is not None:
-        keep = np.random.default_rng(seed0 + 7).choice(len(x_test), cfg["test"], replace=False)
-        x_test, y_test = x_test[keep], y_test[keep]
-    xr, yr = split.x_reserved, split.y_reserved
     ctx = {"cfg": cfg, "data": data, "k": k, "layer": layer, "seed0": seed0, "x_att": x_att, "y_att": y_att,
            "x_test": x_test, "y_test": y_test, "xr": xr, "yr": yr}
     rows = []
