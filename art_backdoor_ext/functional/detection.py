@@ -10,7 +10,7 @@ decision thresholds calibrated on clean scores at a target false rejection rate 
   those clean scores are flagged, for scores where high (feature squeezing) or low (STRIP) is suspicious;
   ``method="conformal"`` instead bounds the expected FRR on *new* clean inputs exchangeable with the calibration
   ones (split-conformal rank, Vovk et al., 2005), and :func:`realised_frr_interval` gives the spread of the FRR
-  such a threshold realises.
+  such a threshold realises (:func:`calibration_frr_summary`: both, for a fit report).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ __all__ = [
     "threshold_at_frr",
     "conformal_rank",
     "realised_frr_interval",
+    "calibration_frr_summary",
     "flag_scores",
 ]
 
@@ -167,6 +168,16 @@ def realised_frr_interval(n_calibration: int, rank: int, coverage: float = 0.9) 
     a, b = rank, n_calibration + 1 - rank
     tail = (1.0 - coverage) / 2
     return a / (a + b), float(beta.ppf(tail, a, b)), float(beta.ppf(1.0 - tail, a, b))
+
+
+def calibration_frr_summary(n_calibration: int, target_frr: float, coverage: float = 0.9) -> dict[str, object]:
+    """What a split-conformal threshold promises, for a fit report: ``n_calibration``, the ``rank`` used (at least 1,
+    the most suspicious score, when no rank achieves ``target_frr``), the ``expected`` FRR on new clean inputs and
+    its central ``coverage`` interval over calibration draws (``interval_90`` for the default coverage)."""
+    rank = max(conformal_rank(n_calibration, target_frr), 1)
+    mean, low, high = realised_frr_interval(n_calibration, rank, coverage=coverage)
+    return {"n_calibration": n_calibration, "rank": rank, "expected": mean,
+            f"interval_{round(coverage * 100)}": [low, high]}
 
 
 def flag_scores(scores: np.ndarray, threshold: float, *, higher_is_suspicious: bool = True) -> np.ndarray:

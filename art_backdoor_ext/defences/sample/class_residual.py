@@ -33,7 +33,7 @@ from art_backdoor_ext.defences.base import to_builtin
 from art_backdoor_ext.defences.sample._calibrated import CalibratedDetector
 from art_backdoor_ext.exceptions import DataError, NotFittedError
 from art_backdoor_ext.functional.class_residual import class_means_and_scale, residual_scores
-from art_backdoor_ext.functional.detection import conformal_rank, realised_frr_interval, threshold_at_frr
+from art_backdoor_ext.functional.detection import calibration_frr_summary, threshold_at_frr
 
 logger = logging.getLogger(__name__)
 
@@ -140,15 +140,12 @@ class ClassResidualDetector(CalibratedDetector):
         self._fitted = True
         clean = self._score(x[idx_cal], calibration=True)
         self._threshold = threshold_at_frr(clean, self.target_frr, method="conformal")
-        rank = max(conformal_rank(len(idx_cal), self.target_frr), 1)
-        expected, low, high = realised_frr_interval(len(idx_cal), rank, coverage=0.9)
         self.fit_report_ = to_builtin({
             "layer": layer, "n_features": int(means.shape[1]), "reserve_split": {"statistics": len(idx_stats),
                                                                                 "calibration": len(idx_cal)},
             "statistics_samples_kept": int(kept.sum()), "classes_with_all_samples": fallback,
             "threshold": self._threshold,
-            "calibration_frr": {"n_calibration": len(idx_cal), "rank": rank, "expected": expected,
-                                "interval_90": [low, high]},
+            "calibration_frr": calibration_frr_summary(len(idx_cal), self.target_frr),
             "seconds": time.perf_counter() - start})
         logger.info("ClassResidualDetector fitted: %s", self.fit_report_)
 

@@ -67,7 +67,7 @@ from art_backdoor_ext.defences.sample._meta import (
 )
 from art_backdoor_ext.ensemble import train_ensemble, train_sequential
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
-from art_backdoor_ext.functional.detection import conformal_rank, realised_frr_interval, threshold_at_frr
+from art_backdoor_ext.functional.detection import calibration_frr_summary, threshold_at_frr
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class MBDS(ParamsMixin, EvasionDetector):
             "reserve_split": {"shadow": len(idx_shadow), "meta": len(idx_meta), "calibration": len(idx_cal)},
             "filters": counts, "shadow_clean_accuracy_mean": float(np.mean(shadow_acc)),
             "shadow_attack_success_mean": float(np.mean(shadow_asr)), "thresholds": dict(self._thresholds),
-            "calibration_frr": _calibration_frr(len(idx_cal), self.target_frr),
+            "calibration_frr": calibration_frr_summary(len(idx_cal), self.target_frr),
             "seconds": time.perf_counter() - start})
         logger.info("MBDS fitted: %s", self.fit_report_)
 
@@ -563,10 +563,3 @@ def _balance(is_poison: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _threshold(clean_scores: np.ndarray, target_frr: float) -> float:
     """The calibration score whose rank bounds the expected FRR on new clean inputs by ``target_frr``."""
     return threshold_at_frr(clean_scores, target_frr, method="conformal")
-
-
-def _calibration_frr(n_calibration: int, target_frr: float) -> dict[str, Any]:
-    """Rank of the threshold among the calibration scores, expected FRR and its 90% range over calibration draws."""
-    rank = max(conformal_rank(n_calibration, target_frr), 1)
-    mean, low, high = realised_frr_interval(n_calibration, rank, coverage=0.9)
-    return {"n_calibration": n_calibration, "rank": rank, "expected": mean, "interval_90": [low, high]}

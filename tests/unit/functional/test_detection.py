@@ -6,6 +6,7 @@ from scipy.stats import norm
 
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
 from art_backdoor_ext.functional.detection import (
+    calibration_frr_summary,
     conformal_rank,
     flag_scores,
     is_probability_matrix,
@@ -131,3 +132,11 @@ def test_realised_frr_interval_covers_the_simulated_spread():
         realised_frr_interval(50, 0)
     with pytest.raises(InvalidParameterError, match="coverage"):
         realised_frr_interval(50, 2, coverage=1.0)
+
+
+def test_calibration_frr_summary_combines_rank_and_interval():
+    summary = calibration_frr_summary(50, 0.05)
+    assert summary["rank"] == conformal_rank(50, 0.05) == 2 and summary["n_calibration"] == 50
+    mean, low, high = realised_frr_interval(50, 2, coverage=0.9)
+    assert summary["expected"] == mean and summary["interval_90"] == [low, high]
+    assert calibration_frr_summary(10, 0.05)["rank"] == 1  # no rank achieves 5%: the most suspicious score
