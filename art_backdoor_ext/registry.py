@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from art_backdoor_ext._seeding import numpy_global_seed
 from art_backdoor_ext.attacks import triggers
 from art_backdoor_ext.evaluation import DefenceOutcome, EvaluationContext, register_attack, register_defence
 
@@ -70,7 +71,8 @@ def _art_ac(context: EvaluationContext) -> list[DefenceOutcome]:
 
     clf, data = context.victim.classifier, context.victim.data
     defence = ActivationDefence(clf, data.x, _one_hot(data.y, clf.nb_classes))
-    _, is_clean = defence.detect_poison(nb_clusters=2, nb_dims=10, reduce="PCA")
+    with numpy_global_seed(context.random_state):  # ART's k-means draws from NumPy's global state
+        _, is_clean = defence.detect_poison(nb_clusters=2, nb_dims=10, reduce="PCA")
     return [DefenceOutcome(layer="last (ART)", is_flagged=_flags_from_is_clean(is_clean))]
 
 

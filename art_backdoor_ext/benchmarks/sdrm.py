@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from art_backdoor_ext._seeding import numpy_global_seed
 from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark, seeded_victim_setup
 from art_backdoor_ext.exceptions import DataError
 
@@ -191,8 +192,9 @@ class _Victim:
         # class is analysed on its own, so they do not change the target class's decisions) and are not scored.
         x_art = np.concatenate([x, self.filler_x])
         one_hot = np.eye(self.classifier.nb_classes, dtype=np.float32)[np.concatenate([y, self.filler_y])]
-        _, art_clean = ActivationDefence(self.classifier, x_art, one_hot).detect_poison(nb_clusters=2, nb_dims=10,
-                                                                                         reduce="PCA")
+        with numpy_global_seed(seed):  # ART's k-means draws from NumPy's global state
+            _, art_clean = ActivationDefence(self.classifier, x_art, one_hot).detect_poison(nb_clusters=2, nb_dims=10,
+                                                                                             reduce="PCA")
         add("art-ac", "last (ART)", np.asarray(art_clean)[: len(x)] == 0)
         _, art_clean = SpectralSignatureDefense(self.classifier, x_art, one_hot).detect_poison()
         add("art-ss", "last (ART)", np.asarray(art_clean)[: len(x)] == 0)
