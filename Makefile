@@ -11,8 +11,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), one torch thread each, a test file per worker at a time
+# (--dist loadfile keeps each file's order and module fixtures); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # On a CUDA machine: only the device-path cases (tests/devices), which the default suite skips without CUDA.
 test-gpu: $(STAMP)
