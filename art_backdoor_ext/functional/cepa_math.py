@@ -13,7 +13,8 @@
   decreased for ``patience`` consecutive iterations while the misclassification stays at or above the target).
 - :func:`sidak_correction`: ``1 - (1 - p)^m``, the p-value of the smallest of m independent tests.
 - :func:`max_statistic_pvalue`: the order-statistic p-value of the largest of a 1-D set of statistics (the
-  K-value analogue of AD's Eq. 4, for the all-to-one variant with one statistic per putative target).
+  K-value analogue of AD's Eq. 4, for the all-to-one variant with one statistic per putative target);
+  :func:`max_statistic_pvalues` the same for many sets at once.
 
 Shapes: every function works on a leading batch of problems, one row per problem. numpy only.
 """
@@ -25,8 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import stats
 
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
+from art_backdoor_ext.functional.gamma_fit import fit_truncated_gamma_many
 from art_backdoor_ext.functional.robust import GammaNull, fit_truncated_gamma
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "update_norm_plateau",
     "max_statistic_null",
     "max_statistic_pvalue",
+    "max_statistic_pvalues",
     "sidak_correction",
 ]
 
@@ -222,6 +226,35 @@ def max_statistic_pvalue(values: ArrayLike, *, n_exclude: int = 1,
     null = fit_truncated_gamma(fit, truncation) if null is None else null
     p = float(np.clip(-np.expm1(v.size * float(null.log_cdf(v[index]))), 0.0, 1.0))
     return p, index
+
+
+def max_statistic_pvalues(rows: ArrayLike, *, n_exclude: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`max_statistic_pvalue` of each row of a (B, n) array at once (the bootstraps' simulated sets): the
+    nulls are fitted together (:func:`~art_backdoor_ext.functional.gamma_fit.fit_truncated_gamma_many`), so a
+    row gets the same p-value as alone.
+
+    :param rows: (B, n) statistics, ``n >= n_exclude + 2``.
+    :return: ``(p-values, index of each row's maximum)``; a row that is not finite and ``> 0``, or whose null
+        cannot be fitted (all fitted values equal), gets a NaN p-value, where the single-set function raises.
+    """
+    v = np.asarray(rows, dtype=np.float64)
+    if v.ndim != 2:
+        raise DataError(f"rows must be two-dimensional (sets, statistics), got shape {v.shape}")
+    if isinstance(n_exclude, bool) or not isinstance(n_exclude, (int, np.integer)) or n_exclude < 1:
+        raise InvalidParameterError(f"n_exclude must be an int >= 1, got {n_exclude!r}")
+    if v.shape[1] < n_exclude + 2:
+        raise DataError(f"need at least {n_exclude + 2} statistics per row, got {v.shape[1]}")
+    n = v.shape[1]
+    order = np.sort(v, axis=1)
+    shapes, scales = fit_truncated_gamma_many(order[:, : n - n_exclude], order[:, n - n_exclude])
+    valid = np.isfinite(v).all(axis=1) & (v > 0).all(axis=1) & np.isfinite(shapes)
+    index = np.argmax(np.where(np.isnan(v), -np.inf, v), axis=1)
+    v_max = v[np.arange(v.shape[0]), index]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sf = stats.gamma.sf(v_max, np.where(valid, shapes, 1.0), scale=np.where(valid, scales, 1.0))
+        log_cdf = np.where(sf < 0.5, np.log1p(-np.minimum(sf, 0.5)), np.log(np.maximum(1.0 - sf, 0.0)))
+    p = np.clip(-np.expm1(n * log_cdf), 0.0, 1.0)
+    return np.where(valid, p, np.nan), index
 
 
 def sidak_correction(p_value: float, n_tests: int) -> float:

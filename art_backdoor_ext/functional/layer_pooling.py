@@ -36,15 +36,14 @@ class at the last layer of our Fashion-MNIST CNNs) then no longer counts as a ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
 from art_backdoor_ext.exceptions import DataError
 from art_backdoor_ext.functional.bootstrap_calibration import bootstrap_generator
-from art_backdoor_ext.functional.cepa_math import max_statistic_null, max_statistic_pvalue
+from art_backdoor_ext.functional.cepa_math import max_statistic_null, max_statistic_pvalue, max_statistic_pvalues
+from art_backdoor_ext.functional.gamma_fit import fit_truncated_gamma_many
 from art_backdoor_ext.functional.robust import GammaNull
 
 __all__ = ["joint_layer_statistic", "layer_correlation", "joint_layer_pvalue", "pooled_layer_pvalue",
@@ -109,18 +108,30 @@ def _correlation(v: np.ndarray, leave_out: int | None) -> np.ndarray:
 
 
 def _simulated_layers(v: np.ndarray, nulls: list[GammaNull], target: int, n_bootstrap: int,
-                      rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """The bootstrap's simulated (L, K) sets: each layer from its fitted null, the layers correlated as the
+                      rng: np.random.Generator) -> np.ndarray:
+    """The bootstrap's simulated sets, (B', L, K): each layer from its fitted null, the layers correlated as the
     classes other than ``target`` are (Gaussian copula); a draw with a quantile at 1.0 (z beyond ~8 sd) is
-    skipped, which counts it as not as extreme."""
+    dropped, which counts it as not as extreme."""
     n_layers, k = v.shape
     z = rng.multivariate_normal(np.zeros(n_layers), layer_correlation(v, leave_out=target),
                                 size=(n_bootstrap, k))  # (B, K, L)
-    for draw in stats.norm.cdf(z):
-        simulated = np.stack([stats.gamma.ppf(draw[:, layer], null.shape, scale=null.scale)
-                              for layer, null in enumerate(nulls)])
-        if np.isfinite(simulated).all():
-            yield np.maximum(simulated, np.finfo(float).tiny)
+    quantiles = stats.norm.cdf(z)
+    simulated = np.stack([stats.gamma.ppf(quantiles[:, :, layer], null.shape, scale=null.scale)
+                          for layer, null in enumerate(nulls)], axis=1)  # (B, L, K)
+    simulated = simulated[np.isfinite(simulated).all(axis=(1, 2))]
+    return np.maximum(simulated, np.finfo(float).tiny)
+
+
+def _pooled_many(simulated: np.ndarray) -> np.ndarray:
+    """:func:`_pooled`'s statistic T of each simulated (L, K) set, all layers of all sets fitted together;
+    NaN where a layer's null cannot be fitted."""
+    n_sets, n_layers, k = simulated.shape
+    rows = simulated.reshape(n_sets * n_layers, k)
+    order = np.sort(rows, axis=1)
+    shapes, scales = fit_truncated_gamma_many(order[:, : k - 1], order[:, k - 1])
+    with np.errstate(invalid="ignore"):
+        log_tail = stats.gamma.logsf(rows, shapes[:, None], scale=scales[:, None])
+    return log_tail.reshape(n_sets, n_layers, k).sum(axis=1).min(axis=1)
 
 
 def joint_layer_pvalue(values: ArrayLike, *, n_bootstrap: int = 199,
@@ -141,12 +152,8 @@ def joint_layer_pvalue(values: ArrayLike, *, n_bootstrap: int = 199,
     rng = bootstrap_generator(n_bootstrap, random_state)
     v = _check(values)
     observed, target, nulls = _pooled(v)
-    as_extreme = 0
-    for simulated in _simulated_layers(v, nulls, target, int(n_bootstrap), rng):
-        try:
-            as_extreme += _pooled(simulated)[0] <= observed
-        except DataError:  # a degenerate draw: counts as not as extreme
-            continue
+    simulated_t = _pooled_many(_simulated_layers(v, nulls, target, int(n_bootstrap), rng))
+    as_extreme = int(np.count_nonzero(simulated_t <= observed))  # a degenerate draw (NaN): not as extreme
     return (1.0 + as_extreme) / (n_bootstrap + 1.0), target, observed
 
 
@@ -186,10 +193,8 @@ def pooled_layer_pvalue(values: ArrayLike, *, n_exclude: int = 3, n_bootstrap: i
     raw, flat = _pooled_raw(v, n_exclude)
     layer, target = divmod(flat, k)
     nulls = [max_statistic_null(row) for row in v]
-    as_small = 0
-    for simulated in _simulated_layers(v, nulls, target, int(n_bootstrap), rng):
-        try:
-            as_small += _pooled_raw(simulated, n_exclude)[0] <= raw
-        except DataError:  # a degenerate draw: counts as not as extreme
-            continue
+    simulated = _simulated_layers(v, nulls, target, int(n_bootstrap), rng)
+    relative = (simulated / np.median(simulated, axis=2, keepdims=True)).reshape(len(simulated), -1)
+    p_simulated, _ = max_statistic_pvalues(relative, n_exclude=n_exclude)  # as _pooled_raw, all sets at once
+    as_small = int(np.count_nonzero(p_simulated <= raw))  # a degenerate draw (NaN): not as extreme
     return (1.0 + as_small) / (n_bootstrap + 1.0), int(target), int(layer), float(raw)

@@ -16,9 +16,10 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import optimize, special, stats
+from scipy import optimize, stats
 
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
+from art_backdoor_ext.functional.gamma_fit import fit_truncated_gamma_many
 
 __all__ = [
     "MAD_CONSISTENCY", "GammaNull", "OrderStatisticResult", "reciprocal_statistics", "asymmetry_statistics",
@@ -167,8 +168,10 @@ def fit_truncated_gamma(values: ArrayLike, truncation: float = math.inf) -> Gamm
 
     Maximises ``sum_i log g(r_i) - n log G(truncation)``, the likelihood of the conditional density
     ``g_R(r | r <= truncation)``. Its parameters *are* those of the unconditional null ``g_R``: the returned
-    :class:`GammaNull` is that unconditional distribution. Optimised with L-BFGS-B over ``(log k, log mean)``
-    on data scaled to unit mean; the shape is bounded to ``[1e-3, 1e4]``.
+    :class:`GammaNull` is that unconditional distribution. Optimised by
+    :func:`~art_backdoor_ext.functional.gamma_fit.fit_truncated_gamma_many` (damped Newton over
+    ``(log k, log mean)`` on data scaled to unit mean; the shape is bounded to ``[1e-3, 1e4]``), the solver the
+    bootstraps use for many samples at once, so a sample gets the same fit either way.
 
     :param values: 1-D sample, finite, ``> 0`` and ``<= truncation``, not all equal, at least 2 values.
     :param truncation: right truncation point ``> 0``; ``inf`` gives the ordinary (untruncated) MLE.
@@ -185,36 +188,10 @@ def fit_truncated_gamma(values: ArrayLike, truncation: float = math.inf) -> Gamm
         raise DataError(f"values must be <= truncation={truncation:.6g}, got maximum {x.max():.6g}")
     if np.ptp(x) == 0:
         raise DataError("values are all equal; a Gamma null cannot be fitted to a degenerate sample")
-    unit = float(x.mean())
-    z, c = x / unit, truncation / unit
-    n, mean_z, mean_log_z = x.size, float(z.mean()), float(np.log(z).mean())
-
-    def neg_loglik(p: np.ndarray) -> float:
-        k = math.exp(p[0])
-        theta = math.exp(p[1]) / k
-        ll = (k - 1.0) * mean_log_z - mean_z / theta - k * math.log(theta) - float(special.gammaln(k))
-        if math.isfinite(c):
-            mass = float(special.gammainc(k, c / theta))
-            if mass > 0.5:
-                ll -= math.log1p(-float(special.gammaincc(k, c / theta)))
-            elif mass > 0:
-                ll -= math.log(mass)
-            else:
-                return 1e300
-        return -ll if math.isfinite(ll) else 1e300
-
-    var = float(z.var())
-    k0 = float(np.clip(mean_z**2 / var, 1e-2, 1e3))
-    res = optimize.minimize(
-        neg_loglik,
-        np.array([math.log(k0), math.log(mean_z)]),
-        method="L-BFGS-B",
-        bounds=[(math.log(1e-3), math.log(1e4)), (-30.0, 30.0)],
-    )
-    if not np.isfinite(res.fun) or res.fun >= 1e300:
-        raise DataError(f"truncated Gamma fit failed ({res.message}); the sample may be degenerate")
-    shape = math.exp(float(res.x[0]))
-    scale = math.exp(float(res.x[1])) / shape * unit
+    shapes, scales = fit_truncated_gamma_many(x[None, :], [truncation])
+    if not np.isfinite(shapes[0]):
+        raise DataError("truncated Gamma fit failed (no finite likelihood); the sample may be degenerate")
+    shape, scale, n = float(shapes[0]), float(scales[0]), x.size
     return GammaNull(shape=shape, scale=scale, truncation=truncation, n_fit=n)
 
 

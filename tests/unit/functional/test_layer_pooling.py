@@ -149,3 +149,21 @@ def test_pooled_bad_values():
         pooled_layer_pvalue(np.ones((2, 3)))
     with pytest.raises(InvalidParameterError, match="n_bootstrap"):
         pooled_layer_pvalue(np.arange(1.0, 11.0)[None], n_bootstrap=0)
+
+
+def test_bootstraps_score_the_simulated_sets_as_one_set_at_a_time_would():
+    """The simulated sets are fitted together; each set's statistic equals the one-set computation."""
+    rng = np.random.default_rng(3)
+    v = rng.gamma(12.0, 1.0, size=(3, 10))
+    v[:, 6] *= 1.8
+    _, target, nulls = pooling._pooled(v)
+    simulated = pooling._simulated_layers(v, nulls, target, 40, np.random.default_rng(0))
+    assert simulated.shape == (40, 3, 10)
+    np.testing.assert_array_equal(pooling._pooled_many(simulated), [pooling._pooled(s)[0] for s in simulated])
+    observed, _, _ = pooling._pooled(v)
+    p, _, _ = joint_layer_pvalue(v, n_bootstrap=40, random_state=0)
+    assert p == (1 + sum(pooling._pooled(s)[0] <= observed for s in simulated)) / 41
+    raw, flat = pooling._pooled_raw(v, 3)
+    p_pooled, *_ = pooling.pooled_layer_pvalue(v, n_bootstrap=40, random_state=0)
+    simulated = pooling._simulated_layers(v, nulls, flat % 10, 40, np.random.default_rng(0))
+    assert p_pooled == (1 + sum(pooling._pooled_raw(s, 3)[0] <= raw for s in simulated)) / 41
