@@ -16,6 +16,7 @@ from typing import Any
 DETECTORS = ("ad", "cepa", "nc")
 # options that only some detectors take: name -> detectors
 _ONLY = {"statistic": ("ad",), "null": ("ad",), "norm": ("ad",), "objective": ("ad",), "source_rule": ("ad",),
+         "exclusion": ("ad",),
          "significance": ("ad", "cepa"), "layer": ("ad", "cepa"), "variant": ("cepa",),
          "calibration": ("cepa",), "layer_pooling": ("cepa",)}
 
@@ -40,6 +41,9 @@ def add_scan_parser(sub: Any, func: Any) -> None:
                                          "'asymmetry' or another normalisation (docs/order-statistic.md)")
     scan.add_argument("--null", choices=["reciprocal", "size"], default=None,
                       help="AD: Gamma null on the sizes (default) or on the reciprocals (the paper's Eq. 4)")
+    scan.add_argument("--exclusion", choices=["k-1", "one", "combined"], default=None,
+                      help="AD: extreme statistics the null's fit sets aside: K - 1 (the paper), one, or both tests "
+                           "combined (docs/order-statistic.md)")
     scan.add_argument("--norm", choices=["l1", "l2"], default=None, help="AD: perturbation norm (default l2)")
     scan.add_argument("--objective", choices=["J", "Jp", "Jc"], default=None, help="AD: objective (default J)")
     scan.add_argument("--source-rule", choices=["most-extreme", "smallest-size"], default=None,
@@ -118,7 +122,7 @@ def _build_detector(args: argparse.Namespace, classifier: Any) -> Any:
     if args.max_iter is not None:
         common["max_iter"] = args.max_iter
     given = {k: getattr(args, k) for k in ("statistic", "null", "norm", "objective", "significance", "variant",
-                                           "calibration", "layer_pooling", "source_rule")
+                                           "calibration", "layer_pooling", "source_rule", "exclusion")
              if getattr(args, k) is not None}
     if args.detector == "ad":
         layer = None if args.layer in (None, "input") else args.layer

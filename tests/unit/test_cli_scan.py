@@ -57,7 +57,8 @@ def test_cepa_scan_passes_layers_and_variant(saved, tmp_path, capsys):
                                                              ("cepa", "--norm", "l1"), ("ad", "--variant", "pairs"),
                                                              ("ad", "--calibration", "none"),
                                                              ("nc", "--layer-pooling", "joint"),
-                                                             ("cepa", "--source-rule", "smallest-size")])
+                                                             ("cepa", "--source-rule", "smallest-size"),
+                                                             ("nc", "--exclusion", "one")])
 def test_options_of_another_detector_are_refused(saved, tmp_path, capsys, detector, option, value):
     code = _scan(saved, tmp_path, "--detector", detector, option, value)
     assert code == 2

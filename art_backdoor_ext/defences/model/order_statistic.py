@@ -65,6 +65,7 @@ from art_backdoor_ext.defences.model.perturbation import (
     pair_problems,
 )
 from art_backdoor_ext.exceptions import DataError
+from art_backdoor_ext.functional.null_exclusion import EXCLUSIONS, order_statistic_with_exclusion
 from art_backdoor_ext.functional.pair_normalisation import (
     NORMALISED_STATISTICS,
     normalised_statistics,
@@ -146,7 +147,8 @@ class OrderStatisticReport:
 
 #: Parameters that only change what is inferred from the optimised perturbations (not the perturbations), so
 #: :meth:`OrderStatisticDetector.scan_variants` may vary them over one optimisation.
-INFERENCE_PARAMETERS = ("norm", "confusion_correction", "statistic", "null", "significance", "source_rule")
+INFERENCE_PARAMETERS = ("norm", "confusion_correction", "statistic", "null", "exclusion", "significance",
+                        "source_rule")
 #: Parameters that change only where each pair stops: one optimisation at the largest value gives every smaller
 #: one from its trace (:meth:`~art_backdoor_ext.defences.model.perturbation.EngineResult.at_fraction`).
 TRACE_PARAMETERS = ("target_misclassification",)
@@ -176,6 +178,11 @@ class OrderStatisticDetector(ModelScanner):
     :param null: ``"size"`` (default, this project: Gamma fitted to the size-like statistics, the smallest one
         tested, see :mod:`~art_backdoor_ext.functional.size_null`) or ``"reciprocal"`` (the paper's Eq. 4:
         Gamma fitted to the reciprocals, the largest one tested).
+    :param exclusion: How many of the most extreme statistics the null's fit sets aside: ``"k-1"`` (default, the
+        paper: an attack may have up to K - 1 sources), ``"one"`` (the most powerful against a single source),
+        or ``"combined"`` (both tests, the smaller p-value Sidak-corrected for two; this project's, see
+        :mod:`~art_backdoor_ext.functional.null_exclusion`). The report's ``null["n_exclude"]`` says which test
+        gave the p-value.
     :param significance: theta; detected when p < theta.
     :param source_rule: How the source is named once the most extreme statistic has found the target:
         ``"smallest-size"`` (default, this project: the source whose common perturbation to the detected target is
@@ -208,6 +215,7 @@ class OrderStatisticDetector(ModelScanner):
         "layer": [Instance(str), None],
         "statistic": [Options(STATISTICS)],
         "null": [Options(NULLS)],
+        "exclusion": [Options(EXCLUSIONS)],
         "significance": [Interval(float, 0, 1, closed="neither")],
         "source_rule": [Options(SOURCE_RULES)],
         "step_size": [Interval(float, 0, 1, closed="right")],
@@ -230,6 +238,7 @@ class OrderStatisticDetector(ModelScanner):
         layer: str | None = None,
         statistic: str = "source-normalised-distance",
         null: str = "size",
+        exclusion: str = "k-1",
         significance: float = 0.05,
         source_rule: str = "smallest-size",
         step_size: float = 0.002,
@@ -247,6 +256,7 @@ class OrderStatisticDetector(ModelScanner):
         self.layer = layer
         self.statistic = statistic
         self.null = null
+        self.exclusion = exclusion
         self.significance = significance
         self.source_rule = source_rule
         self.step_size = step_size
@@ -388,9 +398,10 @@ class OrderStatisticDetector(ModelScanner):
             statistics = normalised_statistics(sizes, self.statistic, x=x, y=y, outputs=outputs)
         statistics = np.where(np.eye(k, dtype=bool), np.nan, statistics)
         if self.null == "size":
-            ost = size_order_statistic_pvalue(statistics)
+            ost, n_exclude = order_statistic_with_exclusion(size_order_statistic_pvalue, statistics, self.exclusion)
         else:
-            ost = order_statistic_pvalue(reciprocal_statistics(statistics))
+            ost, n_exclude = order_statistic_with_exclusion(order_statistic_pvalue, reciprocal_statistics(statistics),
+                                                            self.exclusion)
         source = int(ost.source) if self.source_rule == "most-extreme" else smallest_size_source(sizes, ost.target)
         pair_index = int(np.flatnonzero((problems.sources == source) & (problems.targets == ost.target))[0])
         pattern = result.perturbations[pair_index]
@@ -406,7 +417,7 @@ class OrderStatisticDetector(ModelScanner):
             misclassification=_to_matrix(problems, result.misclassification, k),
             reached=_to_matrix(problems, result.reached.astype(float), k) == 1,
             estimated_pattern=pattern,
-            null=ost.null.to_dict(),
+            null={**ost.null.to_dict(), "n_exclude": n_exclude},
             significance=self.significance,
             seconds=time.perf_counter() - start,
             settings={

@@ -154,7 +154,8 @@ def test_scan_variants_decide_like_separate_scans_from_one_optimisation(badnets_
     fast = {"step_size": 0.02, "max_iter": 60}
     det = OrderStatisticDetector(badnets_victim.classifier, **fast)
     variants = {"default": {}, "paper": {"statistic": "size", "null": "reciprocal"}, "L1": {"norm": "l1"},
-                "corrected": {"statistic": "size", "confusion_correction": True, "significance": 0.01}}
+                "corrected": {"statistic": "size", "confusion_correction": True, "significance": 0.01},
+                "combined": {"exclusion": "combined"}, "one, paper null": {"exclusion": "one", "null": "reciprocal"}}
     runs = []
     real = order_statistic.PerturbationEngine.run
     monkeypatch.setattr(order_statistic.PerturbationEngine, "run",
@@ -172,6 +173,7 @@ def test_scan_variants_decide_like_separate_scans_from_one_optimisation(badnets_
             alone.p_value, alone.source, alone.target, alone.detected)
         assert shared.settings == alone.settings and shared.seconds > 0
     assert not np.array_equal(reports["L1"].sizes, reports["default"].sizes)
+    assert reports["default"].null["n_exclude"] == 9 and reports["one, paper null"].null["n_exclude"] == 1
     with pytest.raises(InvalidParameterError, match=r"variant 'x' overrides \['layer'\], which change the opt"):
         det.scan_variants(x, y, {"x": {"layer": "auto"}})
     with pytest.raises(InvalidParameterError, match="norm"):
@@ -289,11 +291,12 @@ def test_scan_cli_writes_report_and_plot(chessboard_victim, digits, tmp_path, ca
     np.savez(data, x=x, y=y)
     out = tmp_path / "out"
     code = cli.main(["scan", "--arch", "digits-cnn", "--weights", str(weights), "--data", str(data),
-                     "--output", str(out), "--quiet", "--source-rule", "smallest-size"])
+                     "--output", str(out), "--quiet", "--source-rule", "smallest-size", "--exclusion", "combined"])
     assert code == 0 and "BACKDOOR DETECTED" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert (report["source"], report["target"]) == (1, 0) and report["detected"]
-    assert report["settings"]["source_rule"] == "smallest-size"
+    assert report["settings"]["source_rule"] == "smallest-size" and report["settings"]["exclusion"] == "combined"
+    assert report["null"]["n_exclude"] in (1, 9)
     assert (out / "statistics.png").stat().st_size > 1000
 
 
