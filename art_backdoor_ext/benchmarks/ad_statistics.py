@@ -42,6 +42,7 @@ from art_backdoor_ext.benchmarks.ad import (
 )
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
 from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
+from art_backdoor_ext.functional.null_exclusion import order_statistic_with_exclusion
 from art_backdoor_ext.functional.pair_normalisation import NORMALISED_STATISTICS, normalised_statistics
 from art_backdoor_ext.functional.robust import asymmetry_statistics, order_statistic_pvalue, reciprocal_statistics
 from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
@@ -66,13 +67,14 @@ STATISTICS = ("size (paper)", "asymmetry", *NORMALISED_STATISTICS)
 NULLS: dict[str, Callable[[np.ndarray], Any]] = {
     "reciprocal (paper)": lambda s: order_statistic_pvalue(reciprocal_statistics(s)),
     "size": size_order_statistic_pvalue,
+    "size, combined exclusion": lambda s: order_statistic_with_exclusion(size_order_statistic_pvalue, s, "combined")[0],
 }
 THETA = 0.05
 #: (statistic, null) pairs not evaluated: the asymmetry matrix is reciprocal-symmetric (``a_ts = 1 / a_st``), so
 #: the large mirror of every excluded small value stays in the size null's fit, the fitted Gamma gets a heavy
 #: left tail, and no pair is ever extreme (simulation: ``tools/scratch/ad_asymmetry_size_null.py``: a planted
 #: pair 10x smaller than the rest is detected 0 times in 100, 100 times with the paper's reciprocal null).
-EXCLUDED = {("asymmetry", "size")}
+EXCLUDED = {("asymmetry", "size"), ("asymmetry", "size, combined exclusion")}
 #: The detector's default (statistic, null): also evaluated with its default source rule (the smallest size into
 #: the detected target); every other row names the most extreme pair's source, as the paper does.
 DEFAULT = ("source-normalised-distance", "size")

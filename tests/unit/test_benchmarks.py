@@ -159,10 +159,11 @@ def test_ad_statistics_benchmark_tiny_run(monkeypatch, tmp_path):
     expected = []
     for norm in ("L2", "L1"):
         for s_ in ad_statistics.STATISTICS:
-            expected += [(f"input {norm}", s_, n) for n in ("reciprocal (paper)", "size")
-                         if (s_, n) not in ad_statistics.EXCLUDED]
-            if (s_, "size") == ad_statistics.DEFAULT:
-                expected.append((f"input {norm}", default, "size"))
+            for n in ad_statistics.NULLS:
+                if (s_, n) not in ad_statistics.EXCLUDED:
+                    expected.append((f"input {norm}", s_, n))
+                if (s_, n) == ad_statistics.DEFAULT:
+                    expected.append((f"input {norm}", default, "size"))
     assert [(r["space and norm"], r["statistic"], r["null"]) for r in rows] == expected
     for norm in ("L2", "L1"):  # the source rule changes the named source only: same p-values, same clean verdicts
         plain, named = ([r for r in rows if r["space and norm"] == f"input {norm}" and r["statistic"] == s_
