@@ -145,13 +145,14 @@ def _ad(context: EvaluationContext) -> list[DefenceOutcome]:
 
 @register_defence("ad-paper", "model-scanner", "AD order-statistic detector as in the paper (AD-J-P, input space)")
 def _ad_paper(context: EvaluationContext) -> list[DefenceOutcome]:
-    return _ad_outcome(context, statistic="size", null="reciprocal", source_rule="most-extreme")
+    return _ad_outcome(context, statistic="size", null="reciprocal", source_rule="most-extreme", exclusion="k-1")
 
 
 @register_defence("ad-asymmetry", "model-scanner",
                   "AD with the asymmetry statistic and the paper's null (this project's previous default)")
 def _ad_asymmetry(context: EvaluationContext) -> list[DefenceOutcome]:
-    return _ad_outcome(context, statistic="asymmetry", null="reciprocal", source_rule="most-extreme")
+    return _ad_outcome(context, statistic="asymmetry", null="reciprocal", source_rule="most-extreme",
+                       exclusion="k-1")
 
 
 @register_defence("nc", "model-scanner", "Neural Cleanse for PyTorch, MAD anomaly index > 2")

@@ -81,7 +81,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 
-_PAPER = {"layer": None, "statistic": "size", "null": "reciprocal", "source_rule": "most-extreme"}
+_PAPER = {"layer": None, "statistic": "size", "null": "reciprocal", "source_rule": "most-extreme", "exclusion": "k-1"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "AD-J-P (input)": _PAPER,
     "AD-Jp-P (input)": {**_PAPER, "objective": "Jp"},
