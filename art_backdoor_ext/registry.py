@@ -265,14 +265,10 @@ def art_strip_flags(classifier: Any, x_clean: np.ndarray, x: np.ndarray, *, seed
     if softmax:
         clone = make_classifier(nn.Sequential(clone.model, nn.Softmax(dim=1)), input_shape=clone.input_shape,
                                 nb_classes=clone.nb_classes, clip_values=clone.clip_values)
-    state = np.random.get_state()  # noqa: NPY002  (ART's STRIP draws from the global state only)
-    try:
-        np.random.seed(seed)  # noqa: NPY002
+    with numpy_global_seed(seed):  # ART's STRIP draws from the global state only
         defended = ARTStrip(clone)()
         defended.mitigate(x_clean)
         predictions = defended.predict(x)
-    finally:
-        np.random.set_state(state)  # noqa: NPY002
     return np.asarray(~np.asarray(predictions).any(axis=1), dtype=bool)
 
 

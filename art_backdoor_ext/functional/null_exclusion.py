@@ -11,7 +11,8 @@ their lower tail, where naturally confusable pairs sit. :func:`order_statistic_w
 with ``"k-1"`` (the paper), ``"one"``, or ``"combined"``: both, keeping the smaller p-value, Sidak-corrected
 for the two tests (``1 - (1 - p)^2``): if each test is calibrated, the rule's false-alarm rate is at most
 ``2 (1 - sqrt(1 - theta))`` (0.0506 at theta = 0.05) whatever their dependence (a union bound), and theta for
-independent tests; these two are positively dependent, where the correction is conservative. Measured on Fashion-MNIST scans: docs/order-statistic.md.
+independent tests; these two are positively dependent, where the correction is conservative. Measured on
+Fashion-MNIST scans: docs/order-statistic.md.
 """
 
 from __future__ import annotations
