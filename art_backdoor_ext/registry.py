@@ -138,7 +138,7 @@ def _ad_outcome(context: EvaluationContext, **kwargs: Any) -> list[DefenceOutcom
 
 @register_defence("ad", "model-scanner",
                   "AD order-statistic detector, input space, source-and-distance-normalised statistic, Gamma null "
-                  "on sizes (this project's default)")
+                  "on sizes, one and K - 1 values set aside (this project's default)")
 def _ad(context: EvaluationContext) -> list[DefenceOutcome]:
     return _ad_outcome(context)
 

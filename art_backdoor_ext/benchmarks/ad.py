@@ -5,7 +5,8 @@ Groups: single-source sparse-pixel (BD-P-S), single-source global chessboard (BD
 Detectors: the paper's AD variants in input space (J, Jp, Jc, confusion-corrected, L1), this project's
 AD in the feature space of the first convolution, AD with the ratio statistic, the asymmetry statistic computed
 from the same scans (``+ asymmetry``), the source-and-distance-normalised statistic under the Gamma null on sizes
-from the same scans (``+ normalised, size null``), and Neural Cleanse.
+from the same scans (``+ normalised, size null``; ``..., combined``: the detector's default since 2026-12-07, two
+exclusion rules combined), and Neural Cleanse.
 
 Speed: the batched engine (all K(K-1) pairs at once) against a faithful one-pair-at-a-time loop with the same
 stopping rule, on the same model and clean set, in the same run; the statistics must agree.
@@ -37,6 +38,7 @@ from art_backdoor_ext.attacks.triggers import chessboard_trigger, sparse_pixel_t
 from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark, seeded_victim_setup
 from art_backdoor_ext.datasets import load_dataset, sample_per_class
 from art_backdoor_ext.defences.model.order_statistic import INFERENCE_PARAMETERS, OrderStatisticDetector
+from art_backdoor_ext.functional.null_exclusion import order_statistic_with_exclusion
 from art_backdoor_ext.functional.pair_normalisation import normalised_statistics, smallest_size_source
 from art_backdoor_ext.functional.robust import asymmetry_statistics, order_statistic_pvalue, reciprocal_statistics
 from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
@@ -100,10 +102,16 @@ ASYMMETRY_FROM = ("AD-J-P (input)", "AD-J-P-L1 (input)", "AD-J-P (first conv)", 
 #: Gamma null on sizes with the source named by the smallest size into the detected target, as the detector's
 #: default does (:mod:`~art_backdoor_ext.functional.pair_normalisation`,
 #: :mod:`~art_backdoor_ext.functional.size_null`).
+#: ``combined`` sets aside one and K - 1 statistics in two tests, the smaller p Sidak-corrected (the detector's
+#: default since 2026-12-07, :mod:`~art_backdoor_ext.functional.null_exclusion`); the row without it sets aside
+#: K - 1 (the default until then).
 DERIVED: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], Any]] = {
     "asymmetry": lambda d, x, y: order_statistic_pvalue(reciprocal_statistics(asymmetry_statistics(d))),
     "normalised, size null": lambda d, x, y: source_by_size(size_order_statistic_pvalue(
         normalised_statistics(d, "source-normalised-distance", x=x, y=y)), d),
+    "normalised, size null, combined": lambda d, x, y: source_by_size(order_statistic_with_exclusion(
+        size_order_statistic_pvalue, normalised_statistics(d, "source-normalised-distance", x=x, y=y),
+        "combined")[0], d),
 }
 
 

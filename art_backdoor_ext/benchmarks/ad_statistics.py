@@ -77,7 +77,7 @@ THETA = 0.05
 EXCLUDED = {("asymmetry", "size"), ("asymmetry", "size, combined exclusion")}
 #: The detector's default (statistic, null): also evaluated with its default source rule (the smallest size into
 #: the detected target); every other row names the most extreme pair's source, as the paper does.
-DEFAULT = ("source-normalised-distance", "size")
+DEFAULT = ("source-normalised-distance", "size, combined exclusion")
 
 
 def _statistic(sizes: np.ndarray, name: str, x: np.ndarray, y: np.ndarray, outputs: np.ndarray) -> np.ndarray:

@@ -163,11 +163,12 @@ def test_ad_statistics_benchmark_tiny_run(monkeypatch, tmp_path):
                 if (s_, n) not in ad_statistics.EXCLUDED:
                     expected.append((f"input {norm}", s_, n))
                 if (s_, n) == ad_statistics.DEFAULT:
-                    expected.append((f"input {norm}", default, "size"))
+                    expected.append((f"input {norm}", default, n))
     assert [(r["space and norm"], r["statistic"], r["null"]) for r in rows] == expected
     for norm in ("L2", "L1"):  # the source rule changes the named source only: same p-values, same clean verdicts
         plain, named = ([r for r in rows if r["space and norm"] == f"input {norm}" and r["statistic"] == s_
-                         and r["null"] == "size"][0] for s_ in ("source-normalised-distance", default))
+                         and r["null"] == ad_statistics.DEFAULT[1]][0]
+                        for s_ in ("source-normalised-distance", default))
         assert (named["Clean"], named["min p clean"], named["max p attacked"]) == (
             plain["Clean"], plain["min p clean"], plain["max p attacked"])
     assert [v["group"] for v in victims] == ["BD-P-S", "BD-G-S", "BD-G-M", "Clean"]
@@ -205,7 +206,8 @@ def test_ad_benchmark_tiny_run_has_the_derived_rows(monkeypatch):
     report = run_benchmark("ad", profile="fast")
     strict, loose, victims = report.tables.values()
     assert [r["detector"] for r in strict] == ["AD-J-P (input)", "AD-J-P (input) + asymmetry",
-                                               "AD-J-P (input) + normalised, size null"]
+                                               "AD-J-P (input) + normalised, size null",
+                                               "AD-J-P (input) + normalised, size null, combined"]
     for at_05, at_001 in zip(strict, loose):
         assert at_05["detector"] == at_001["detector"] and at_05["min p clean"] == at_001["min p clean"]
         assert (at_05["Clean"] == 1.0) == (at_05["min p clean"] >= 0.05)

@@ -54,11 +54,13 @@ def test_detects_the_single_source_backdoor_pair(ad_report):
 
 
 def test_paper_statistic_and_default_come_from_the_same_sizes(ad_report, chessboard_victim, digits):
+    from art_backdoor_ext.functional.null_exclusion import order_statistic_with_exclusion
     from art_backdoor_ext.functional.pair_normalisation import class_mean_distances, source_normalised_statistics
     from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
 
     x, y = sample_per_class(digits.x_test, digits.y_test, 20, random_state=0)
-    paper = OrderStatisticDetector(chessboard_victim.classifier, statistic="size", null="reciprocal").scan(x, y)
+    paper = OrderStatisticDetector(chessboard_victim.classifier, statistic="size", null="reciprocal",
+                                   exclusion="k-1").scan(x, y)
     np.testing.assert_array_equal(paper.sizes, ad_report.sizes)  # same scan, only the statistic differs
     off = ~np.eye(10, dtype=bool)
     np.testing.assert_array_equal(paper.statistics[off], paper.sizes[off])
@@ -66,7 +68,8 @@ def test_paper_statistic_and_default_come_from_the_same_sizes(ad_report, chessbo
     expected = source_normalised_statistics(ad_report.sizes) / class_mean_distances(x, y)
     np.testing.assert_allclose(ad_report.statistics[off], expected[off])
     assert ad_report.null["variable"] == "size"
-    assert ad_report.p_value == size_order_statistic_pvalue(expected).p_value
+    combined, _ = order_statistic_with_exclusion(size_order_statistic_pvalue, expected, "combined")
+    assert ad_report.p_value == combined.p_value  # the default tests with one and with K - 1 values set aside
 
 
 def test_source_normalised_statistics_come_from_the_same_sizes(ad_report, chessboard_victim, digits):
@@ -155,7 +158,7 @@ def test_scan_variants_decide_like_separate_scans_from_one_optimisation(badnets_
     det = OrderStatisticDetector(badnets_victim.classifier, **fast)
     variants = {"default": {}, "paper": {"statistic": "size", "null": "reciprocal"}, "L1": {"norm": "l1"},
                 "corrected": {"statistic": "size", "confusion_correction": True, "significance": 0.01},
-                "combined": {"exclusion": "combined"}, "one, paper null": {"exclusion": "one", "null": "reciprocal"}}
+                "k-1": {"exclusion": "k-1"}, "one, paper null": {"exclusion": "one", "null": "reciprocal"}}
     runs = []
     real = order_statistic.PerturbationEngine.run
     monkeypatch.setattr(order_statistic.PerturbationEngine, "run",
@@ -173,7 +176,13 @@ def test_scan_variants_decide_like_separate_scans_from_one_optimisation(badnets_
             alone.p_value, alone.source, alone.target, alone.detected)
         assert shared.settings == alone.settings and shared.seconds > 0
     assert not np.array_equal(reports["L1"].sizes, reports["default"].sizes)
-    assert reports["default"].null["n_exclude"] == 9 and reports["one, paper null"].null["n_exclude"] == 1
+    assert reports["k-1"].null["n_exclude"] == 9 and reports["one, paper null"].null["n_exclude"] == 1
+    from art_backdoor_ext.functional.size_null import size_order_statistic_pvalue
+
+    default = reports["default"]  # exclusion="combined": both tests on the same statistics, Sidak for two
+    p_many, p_one = (size_order_statistic_pvalue(default.statistics, n_exclude=n).p_value for n in (9, 1))
+    assert default.p_value == pytest.approx(1 - (1 - min(p_many, p_one)) ** 2, rel=1e-12)
+    assert default.null["n_exclude"] == (1 if p_one < p_many else 9)
     with pytest.raises(InvalidParameterError, match=r"variant 'x' overrides \['layer'\], which change the opt"):
         det.scan_variants(x, y, {"x": {"layer": "auto"}})
     with pytest.raises(InvalidParameterError, match="norm"):
