@@ -39,6 +39,7 @@ __all__ = [
     "update_penalty_weight",
     "update_norm_plateau",
     "max_statistic_null",
+    "max_statistic_nulls",
     "max_statistic_pvalue",
     "max_statistic_pvalues",
     "sidak_correction",
@@ -228,6 +229,14 @@ def max_statistic_pvalue(values: ArrayLike, *, n_exclude: int = 1,
     return p, index
 
 
+def max_statistic_nulls(rows: np.ndarray, *, n_exclude: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`max_statistic_null` of each row of a (B, n) array, fitted together: ``(shapes, scales)``, NaN where
+    a row's null cannot be fitted (values not finite and ``> 0``, or all equal)."""
+    n = rows.shape[1]
+    order = np.sort(rows, axis=1)
+    return fit_truncated_gamma_many(order[:, : n - n_exclude], order[:, n - n_exclude])
+
+
 def max_statistic_pvalues(rows: ArrayLike, *, n_exclude: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """:func:`max_statistic_pvalue` of each row of a (B, n) array at once (the bootstraps' simulated sets): the
     nulls are fitted together (:func:`~art_backdoor_ext.functional.gamma_fit.fit_truncated_gamma_many`), so a
@@ -245,8 +254,7 @@ def max_statistic_pvalues(rows: ArrayLike, *, n_exclude: int = 1) -> tuple[np.nd
     if v.shape[1] < n_exclude + 2:
         raise DataError(f"need at least {n_exclude + 2} statistics per row, got {v.shape[1]}")
     n = v.shape[1]
-    order = np.sort(v, axis=1)
-    shapes, scales = fit_truncated_gamma_many(order[:, : n - n_exclude], order[:, n - n_exclude])
+    shapes, scales = max_statistic_nulls(v, n_exclude=n_exclude)
     valid = np.isfinite(v).all(axis=1) & (v > 0).all(axis=1) & np.isfinite(shapes)
     index = np.argmax(np.where(np.isnan(v), -np.inf, v), axis=1)
     v_max = v[np.arange(v.shape[0]), index]

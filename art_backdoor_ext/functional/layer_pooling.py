@@ -42,8 +42,12 @@ from scipy import stats
 
 from art_backdoor_ext.exceptions import DataError
 from art_backdoor_ext.functional.bootstrap_calibration import bootstrap_generator
-from art_backdoor_ext.functional.cepa_math import max_statistic_null, max_statistic_pvalue, max_statistic_pvalues
-from art_backdoor_ext.functional.gamma_fit import fit_truncated_gamma_many
+from art_backdoor_ext.functional.cepa_math import (
+    max_statistic_null,
+    max_statistic_nulls,
+    max_statistic_pvalue,
+    max_statistic_pvalues,
+)
 from art_backdoor_ext.functional.robust import GammaNull
 
 __all__ = ["joint_layer_statistic", "layer_correlation", "joint_layer_pvalue", "pooled_layer_pvalue",
@@ -127,8 +131,7 @@ def _pooled_many(simulated: np.ndarray) -> np.ndarray:
     NaN where a layer's null cannot be fitted."""
     n_sets, n_layers, k = simulated.shape
     rows = simulated.reshape(n_sets * n_layers, k)
-    order = np.sort(rows, axis=1)
-    shapes, scales = fit_truncated_gamma_many(order[:, : k - 1], order[:, k - 1])
+    shapes, scales = max_statistic_nulls(rows)
     with np.errstate(invalid="ignore"):
         log_tail = stats.gamma.logsf(rows, shapes[:, None], scale=scales[:, None])
     return log_tail.reshape(n_sets, n_layers, k).sum(axis=1).min(axis=1)
