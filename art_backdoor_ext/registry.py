@@ -9,9 +9,12 @@ project's layer-selectable ``ac``, ``ss`` and ``sr`` (Subspace Reconstruction); 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -247,14 +250,24 @@ def _strip(context: EvaluationContext) -> list[DefenceOutcome]:
     return _calibrated_outcome(context, STRIP(context.victim.classifier, random_state=context.random_state))
 
 
+def _art_strip_progress(verbose: bool) -> contextlib.AbstractContextManager[Any]:
+    """ART 1.20.1's STRIP shows a tqdm bar in ``mitigate`` whatever the caller asked; quiet unless ``verbose``."""
+    if verbose:
+        return contextlib.nullcontext()
+    from art.estimators.poison_mitigation.strip import strip as art_strip_module
+    from tqdm.auto import tqdm
+
+    return mock.patch.object(art_strip_module, "tqdm", functools.partial(tqdm, disable=True))
+
+
 def art_strip_flags(classifier: Any, x_clean: np.ndarray, x: np.ndarray, *, seed: int | None,
-                    softmax: bool = True) -> np.ndarray:
+                    softmax: bool = True, verbose: bool = False) -> np.ndarray:
     """ART's STRIP (defaults: 20 copies, ``false_acceptance_rate=0.01``) on a *copy* of ``classifier``.
 
     ART 1.20.1's STRIP swaps the class of the classifier it is given, so it gets a deep copy; with ``softmax`` the
     copy's model ends in a softmax (ART's entropy of logits is NaN and ``mitigate`` raises ``ValueError``). ART draws
     from NumPy's global random state: it is seeded with ``seed`` for the call and restored afterwards. An input is
-    flagged when ART abstains (an all-zero prediction row).
+    flagged when ART abstains (an all-zero prediction row). ART's progress bar shows only with ``verbose``.
     """
     from art.defences.transformer.poisoning import STRIP as ARTStrip
     from torch import nn
@@ -265,7 +278,7 @@ def art_strip_flags(classifier: Any, x_clean: np.ndarray, x: np.ndarray, *, seed
     if softmax:
         clone = make_classifier(nn.Sequential(clone.model, nn.Softmax(dim=1)), input_shape=clone.input_shape,
                                 nb_classes=clone.nb_classes, clip_values=clone.clip_values)
-    with numpy_global_seed(seed):  # ART's STRIP draws from the global state only
+    with numpy_global_seed(seed), _art_strip_progress(verbose):  # ART's STRIP draws from the global state only
         defended = ARTStrip(clone)()
         defended.mitigate(x_clean)
         predictions = defended.predict(x)
@@ -275,7 +288,8 @@ def art_strip_flags(classifier: Any, x_clean: np.ndarray, x: np.ndarray, *, seed
 @register_defence("art-strip", "sample-detector", "ART's STRIP (defaults) on a softmax copy of the classifier")
 def _art_strip(context: EvaluationContext) -> list[DefenceOutcome]:
     def run(reserve: np.ndarray, x_all: np.ndarray) -> np.ndarray:
-        return art_strip_flags(context.victim.classifier, context.x_clean[reserve], x_all, seed=context.random_state)
+        return art_strip_flags(context.victim.classifier, context.x_clean[reserve], x_all, seed=context.random_state,
+                               verbose=context.verbose)
 
     return _sample_detector_outcome(context, "output", run)
 

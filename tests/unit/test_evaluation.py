@@ -127,6 +127,19 @@ def test_art_ac_row_is_reproducible_whatever_the_global_numpy_state(badnets_vict
     np.testing.assert_array_equal(flags[0], flags[1])
 
 
+def test_art_strip_progress_bar_only_when_verbose(badnets_victim, digits, capfd):
+    """ART 1.20.1's STRIP draws a tqdm bar in mitigate() whatever its caller wants; ours shows it only verbose."""
+    from art_backdoor_ext.registry import art_strip_flags
+
+    x = digits.x_test[:30]
+    capfd.readouterr()
+    quiet = art_strip_flags(badnets_victim.classifier, x, x, seed=0)
+    assert "it/s" not in capfd.readouterr().err
+    loud = art_strip_flags(badnets_victim.classifier, x, x, seed=0, verbose=True)
+    assert "it/s" in capfd.readouterr().err
+    np.testing.assert_array_equal(quiet, loud)  # same seed, same flags: only the bar differs
+
+
 def test_cli_lists_registry(capsys):
     assert cli.main(["evaluate", "--list"]) == 0
     out = capsys.readouterr().out
