@@ -5,7 +5,9 @@
 - :func:`eval_mode` puts a model in eval mode and restores every module's previous mode afterwards.
 - :func:`preprocess` applies an ART classifier's preprocessing to a torch tensor, differentiably.
 - :func:`extract_features` runs a classifier over numpy data in batches and returns numpy features.
-- :func:`clone_classifier` wraps a deep copy of a classifier's model in a new classifier of the same settings.
+- :func:`clone_classifier` wraps a deep copy of a classifier's model in a new classifier of the same settings;
+  :func:`deepcopy_classifier` deep-copies the classifier itself, also after ART's ``get_activations`` left
+  non-leaf tensors in its cache.
 - :func:`scan_model` gives the model a scan runs on: on CPU a private channels-last copy (about twice as fast
   for the convolutions of many images at once), elsewhere the model itself; :func:`scan_batch_images` the default
   number of images per forward pass of a scan on a device.
@@ -48,6 +50,7 @@ __all__ = [
     "extract_features",
     "predict_logits",
     "clone_classifier",
+    "deepcopy_classifier",
     "clip_to_range",
     "scan_model",
     "scan_batch_images",
@@ -300,6 +303,19 @@ def extract_features(
             if include_logits:
                 collected["logits"].append(to_numpy(logits))
     return {name: np.concatenate(parts, axis=0) for name, parts in collected.items()}
+
+
+def deepcopy_classifier(classifier: PyTorchClassifier) -> PyTorchClassifier:
+    """``copy.deepcopy(classifier)`` that also works after ART's ``get_activations`` has run on it.
+
+    ART 1.20.1's ``PyTorchClassifier.get_activations`` (used by ``ActivationDefence``) leaves a forward hook on the
+    model that stores every later forward's output in ``classifier._features``; after a forward with gradients
+    that cache holds non-leaf tensors, which ``copy.deepcopy`` refuses (``RuntimeError: Only Tensors created
+    explicitly by the user ...``). The copy gets an empty cache instead; the original is not touched.
+    """
+    features = getattr(classifier, "_features", None)
+    memo: dict[int, Any] = {id(features): {}} if isinstance(features, dict) else {}
+    return copy.deepcopy(classifier, memo)
 
 
 def clone_classifier(classifier: PyTorchClassifier) -> PyTorchClassifier:

@@ -10,7 +10,6 @@ project's layer-selectable ``ac``, ``ss`` and ``sr`` (Subspace Reconstruction); 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,7 @@ from unittest import mock
 import numpy as np
 
 from art_backdoor_ext._seeding import numpy_global_seed
+from art_backdoor_ext._torch import deepcopy_classifier
 from art_backdoor_ext.attacks import triggers
 from art_backdoor_ext.evaluation import DefenceOutcome, EvaluationContext, register_attack, register_defence
 
@@ -274,7 +274,7 @@ def art_strip_flags(classifier: Any, x_clean: np.ndarray, x: np.ndarray, *, seed
 
     from art_backdoor_ext.models import make_classifier
 
-    clone = copy.deepcopy(classifier)
+    clone = deepcopy_classifier(classifier)
     if softmax:
         clone = make_classifier(nn.Sequential(clone.model, nn.Softmax(dim=1)), input_shape=clone.input_shape,
                                 nb_classes=clone.nb_classes, clip_values=clone.clip_values)

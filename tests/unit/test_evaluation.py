@@ -140,6 +140,16 @@ def test_art_strip_progress_bar_only_when_verbose(badnets_victim, digits, capfd)
     np.testing.assert_array_equal(quiet, loud)  # same seed, same flags: only the bar differs
 
 
+def test_art_strip_after_art_ac_on_the_same_victim(badnets_victim, digits):
+    """`evaluate --defences art-ac,art-strip` crashed: ART's AC leaves non-leaf tensors on the classifier and
+    art-strip deep-copies it."""
+    _ensure_registered()
+    ctx = EvaluationContext(badnets_victim, digits.x_test, digits.y_test, digits.x_test, digits.y_test, [], 0)
+    DEFENCES["art-ac"].run(ctx)
+    (outcome,) = DEFENCES["art-strip"].run(ctx)
+    assert outcome.is_flagged.dtype == bool and outcome.is_flagged.size > 0
+
+
 def test_cli_lists_registry(capsys):
     assert cli.main(["evaluate", "--list"]) == 0
     out = capsys.readouterr().out

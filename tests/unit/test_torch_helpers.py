@@ -129,3 +129,23 @@ def test_scan_batch_images_defaults_per_device():
     assert scan_batch_images(torch.device("cpu"), None) == 512
     assert scan_batch_images(torch.device("cuda"), None) == 4096
     assert scan_batch_images(torch.device("cpu"), 64) == 64
+
+
+def test_deepcopy_classifier_after_arts_get_activations(fresh_classifier, digits):
+    """ART's get_activations leaves a hook that caches non-leaf tensors on the classifier; deepcopy then fails."""
+    import copy
+
+    from art_backdoor_ext._torch import deepcopy_classifier
+
+    clf = fresh_classifier
+    x = digits.x_test[:8]
+    clf.get_activations(x, layer=0, batch_size=8)  # ART registers its caching hook on the model
+    clf.model(torch.from_numpy(x))  # a forward with gradients: the cache now holds a non-leaf tensor
+    with pytest.raises(RuntimeError, match="graph leaves"):
+        copy.deepcopy(clf)
+    cache = clf._features
+    cached = {k: v for k, v in cache.items()}
+    clone = deepcopy_classifier(clf)
+    assert clone is not clf and clone.model is not clf.model
+    assert clf._features is cache and all(cache[k] is v for k, v in cached.items())  # the original is untouched
+    np.testing.assert_allclose(clone.predict(x), clf.predict(x), rtol=1e-6)

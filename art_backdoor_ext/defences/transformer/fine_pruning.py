@@ -22,7 +22,6 @@ Choices where the paper leaves room (see docs/fine-pruning.md):
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +35,13 @@ from torch import nn
 from torch.nn.utils import prune
 
 from art_backdoor_ext._progress import progress
-from art_backdoor_ext._torch import conv_activations, extract_features, predict_logits, resolve_layers
+from art_backdoor_ext._torch import (
+    conv_activations,
+    deepcopy_classifier,
+    extract_features,
+    predict_logits,
+    resolve_layers,
+)
 from art_backdoor_ext._validation import (
     Instance,
     Interval,
@@ -187,7 +192,7 @@ class FinePruning(ParamsMixin, Transformer):
                 break
             pruned.append(int(channel))
         accuracy_pruned = curve[len(pruned)]
-        self.pruned_classifier_ = copy.deepcopy(out)
+        self.pruned_classifier_ = deepcopy_classifier(out)
 
         if self.fine_tune_epochs > 0:
             self._fine_tune(out, modules, pruned, x, y)
@@ -221,7 +226,7 @@ class FinePruning(ParamsMixin, Transformer):
 
     def _output_classifier(self, transformed: PyTorchClassifier | None) -> PyTorchClassifier:
         if transformed is None:
-            return copy.deepcopy(self.classifier)
+            return deepcopy_classifier(self.classifier)
         check_pytorch_classifier(transformed, type(self))
         if transformed is self.classifier or transformed.model is self.classifier.model:
             raise InvalidParameterError("transformed_classifier must not be the classifier being defended (it "
