@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from art_backdoor_ext.exceptions import InvalidParameterError
+from art_backdoor_ext.functional.cepa_math import sidak_correction
 from art_backdoor_ext.functional.robust import OrderStatisticResult
 
 __all__ = ["EXCLUSIONS", "order_statistic_with_exclusion"]
@@ -60,5 +61,4 @@ def order_statistic_with_exclusion(test: Callable[..., OrderStatisticResult], st
         return test(statistics, n_exclude=1), 1
     many, one = test(statistics, n_exclude=k - 1), test(statistics, n_exclude=1)
     chosen, n_exclude = (one, 1) if one.p_value < many.p_value else (many, k - 1)
-    corrected = 1.0 if chosen.p_value >= 1 else float(-np.expm1(2 * np.log1p(-chosen.p_value)))
-    return dataclasses.replace(chosen, p_value=corrected), n_exclude
+    return dataclasses.replace(chosen, p_value=sidak_correction(chosen.p_value, 2)), n_exclude
