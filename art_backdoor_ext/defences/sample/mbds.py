@@ -49,6 +49,7 @@ from art_backdoor_ext._validation import (
     Interval,
     Options,
     ParamsMixin,
+    check_class_counts,
     check_images,
     check_labels,
     check_pytorch_classifier,
@@ -510,6 +511,8 @@ class MBDS(ParamsMixin, EvasionDetector):
                 f"training ({len(shadow)}, needs >= {2 * k}), meta training ({len(meta)}, needs >= {_MIN_META}) and "
                 f"calibration ({len(cal)}, needs >= {_MIN_CAL}) with meta_fraction={self.meta_fraction} and "
                 f"calibration_fraction={self.calibration_fraction}; give a larger reserve")
+        # a class absent from the reserve is absent from every shadow model and from the calibration
+        check_class_counts(y, nb_classes=k, min_per_class=1, name="y (the reserve)")
         return shadow, meta, cal
 
     def _calibrate_victim(self, x_meta: np.ndarray, x_cal: np.ndarray) -> None:

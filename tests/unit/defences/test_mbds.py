@@ -177,6 +177,9 @@ def test_errors(badnets_victim, split, fitted):
         MBDS(clf).score(xe)
     with pytest.raises(DataError, match="too small"):
         MBDS(clf, n_shadow_models=1).fit(xr[:40], yr[:40])
+    keep = yr != 3  # a reserve without class 3 (large enough for the split otherwise)
+    with pytest.raises(DataError, match=r"no samples of class\(es\) \[3\]"):
+        MBDS(clf, n_shadow_models=1).fit(xr[keep], yr[keep])
     with pytest.raises(InvalidParameterError, match="unknown layer 'nope'.*conv1, relu1"):
         MBDS(clf, feature_layer="nope", n_shadow_models=1).fit(xr, yr)
     with pytest.raises(InvalidParameterError, match="outputs shape \\(7,\\).*10 classes"):
