@@ -155,9 +155,21 @@ def test_candidate_layers_and_joint_penalty(warp_victim, clean_set):
     clf = warp_victim.classifier
     assert candidate_layers(clf.model) == ["relu1", "relu2", "relu3"]
     assert candidate_layers(clf.model, n=2) == ["relu1", "relu3"]
+    assert candidate_layers(clf.model, first_linear=True) == ["conv1", "relu1", "relu2", "relu3"]
     x, y = clean_set
     r = CEPA(clf, layers=["relu2", "relu3"], layer_penalty="joint", variant="all-to-one", max_iter=20).scan(x, y)
     assert set(r.statistics["all-to-one"]) == {"relu2", "relu3"} and 0 <= r.p_value <= 1
+
+
+def test_candidate_layers_first_linear_is_the_linear_map_before_the_first_activation():
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16),
+                              torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    assert candidate_layers(mlp, first_linear=True) == ["1", "2", "4"]
+    assert candidate_layers(mlp, n=1, first_linear=True) == ["1", "2"]
+    gated_first = torch.nn.Sequential(torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(64, 10), torch.nn.ReLU())
+    assert candidate_layers(gated_first, first_linear=True) == ["0", "3"]  # no linear map before the first gate
+    no_activation = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Linear(32, 10))
+    assert candidate_layers(no_activation, first_linear=True) == ["0", "1"]  # the leaf fallback starts earlier
 
 
 def test_bad_input(warp_victim, clean_set):
