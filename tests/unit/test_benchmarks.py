@@ -276,7 +276,7 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
             assert victim["GT ratio / Eq.1 median"] is None and row["GT ratio / Eq.1 median"] is None
         else:  # the ground-truth trigger's ratio over the median of the scan's statistics at the chosen layer
             stats = victim["GT ratio (best layer)"] / victim["GT ratio / Eq.1 median"]
-            assert victim["premise layer"] in ("relu1", "relu2", "relu3") and stats > 0
+            assert victim["premise layer"] in ("conv1", "relu1", "relu2", "relu3") and stats > 0
             assert row["GT ratio / Eq.1 median"] == pytest.approx(victim["GT ratio / Eq.1 median"])
         # the joint-layer decision of the same scan: found = its p below 0.05 with the right target
         p_text, target_text = victim["joint layers (p -> target)"].split(" -> ")

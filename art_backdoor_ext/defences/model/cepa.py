@@ -109,8 +109,10 @@ class CEPA(ModelScanner):
     | Paper link: ../shared/papers/cepa-universal-post-training-defense.md
 
     :param classifier: ART ``PyTorchClassifier`` with ``clip_values`` (used as it is, preprocessing applied).
-    :param layers: Internal layer name(s) f(.) of Eq. 1; None picks three spread through the network
-        (:func:`candidate_layers`). The decision uses the layer with the most extreme statistic.
+    :param layers: Internal layer name(s) f(.) of Eq. 1; None picks three activation layers spread through the
+        network and, in front of them, the first linear layer (:func:`candidate_layers` with ``first_linear=True``,
+        the default since 2026-12-07: an additive trigger moves every image alike there). The decision uses the
+        layer with the most extreme statistic.
     :param target_misclassification: Fraction of a problem's samples that must go to the target (0.9).
     :param lam: Initial lambda of Eq. 1 (0.01 in the paper), adapted per problem during the optimisation.
     :param significance: Detected when the corrected p-value is below it.
@@ -260,7 +262,7 @@ class CEPA(ModelScanner):
 
     def _resolved_layers(self) -> list[str]:
         if self.layers is None:
-            return candidate_layers(self.classifier.model)
+            return candidate_layers(self.classifier.model, first_linear=True)
         names = [self.layers] if isinstance(self.layers, str) else list(self.layers)
         if not names:
             raise InvalidParameterError(f"layers must name at least one layer (or be None); the model's layers "

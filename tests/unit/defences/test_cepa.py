@@ -47,23 +47,25 @@ def report(detector, clean_set):
 
 
 def test_detects_the_all_to_one_target(report):
-    # the uncalibrated order statistic (calibration="none") flags target 0 at the 0.05 level, Sidak over 3 layers
+    # the uncalibrated order statistic (calibration="none") flags target 0 at the 0.05 level, Sidak over the layers
+    m = len(report.layers)
     best = min(report.tests, key=lambda t: t["p_value_uncalibrated"])
-    assert best["target"] == 0 and -np.expm1(3 * np.log1p(-best["p_value_uncalibrated"])) < 0.05
+    assert best["target"] == 0 and -np.expm1(m * np.log1p(-best["p_value_uncalibrated"])) < 0.05
     # the bootstrap calibration (default) only raises each layer's p-value, to a multiple of 1 / (199 + 1)
     for t in report.tests:
         assert t["p_value"] >= t["p_value_uncalibrated"]
         assert round(t["p_value"] * 200) == pytest.approx(t["p_value"] * 200)
-    assert report.p_value == pytest.approx(-np.expm1(3 * np.log1p(-min(t["p_value"] for t in report.tests))))
+    assert report.p_value == pytest.approx(-np.expm1(m * np.log1p(-min(t["p_value"] for t in report.tests))))
     assert report.detected == (report.p_value < 0.05)
     assert report.target == 0 and report.source is None and report.variant == "all-to-one"
-    assert report.layers == ["relu1", "relu2", "relu3"] and report.layer in report.layers
-    assert report.mu.shape == {"relu1": (16, 8, 8), "relu2": (32, 8, 8), "relu3": (64,)}[report.layer]
+    assert report.layers == ["conv1", "relu1", "relu2", "relu3"] and report.layer in report.layers
+    shapes = {"conv1": (16, 8, 8), "relu1": (16, 8, 8), "relu2": (32, 8, 8), "relu3": (64,)}
+    assert report.mu.shape == shapes[report.layer]
     stats = report.statistics["all-to-one"][report.layer]
     # the detected target has the smallest consensus ratio sigma / ||mu|| at the chosen layer
     assert np.argmin(stats["ratio"]) == 0
     assert report.misclassification >= 0.9 and stats["reached"][0] == 1
-    assert len(report.tests) == 3 and min(t["p_value"] for t in report.tests) <= report.p_value
+    assert len(report.tests) == m and min(t["p_value"] for t in report.tests) <= report.p_value
 
 
 def test_estimate_trigger_sends_test_samples_to_the_target(detector, report, digits):
@@ -188,11 +190,11 @@ def test_bad_input(warp_victim, clean_set):
         CEPA(clf, variant="one-to-one")
     with pytest.raises(InvalidParameterError, match="calibration must be one of"):
         CEPA(clf, calibration="exact")
-    # 3 layers: the smallest corrected bootstrap p-value with 99 draws is 1 - (1 - 1/100)^3 = 0.0297 > 0.01
-    with pytest.raises(InvalidParameterError, match=r"n_bootstrap=99 cannot reach significance=0.01 over 3 tests.*"
-                                                    r">= 300"):
+    # 4 layers: the smallest corrected bootstrap p-value with 99 draws is 1 - (1 - 1/100)^4 = 0.0394 > 0.01
+    with pytest.raises(InvalidParameterError, match=r"n_bootstrap=99 cannot reach significance=0.01 over 4 tests.*"
+                                                    r">= 400"):
         CEPA(clf, significance=0.01, n_bootstrap=99)
-    assert CEPA(clf, significance=0.01, n_bootstrap=300).n_bootstrap == 300
+    assert CEPA(clf, significance=0.01, n_bootstrap=400).n_bootstrap == 400
     assert CEPA(clf, significance=0.01, n_bootstrap=99, calibration="none").calibration == "none"
     with pytest.raises(InvalidParameterError, match="unknown parameter"):
         det.set_params(lambda_=1.0)
