@@ -34,8 +34,6 @@ def candidate_layers(model: nn.Module, n: int = 3, first_linear: bool = False) -
     picks = np.unique(np.round(np.linspace(0, len(names) - 1, min(n, len(names)))).astype(int))
     chosen = [names[i] for i in picks]
     if first_linear:
-        order = [name for name, _ in modules]
-        linear = [name for name, module in modules if isinstance(module, _LINEAR)
-                  and order.index(name) < order.index(chosen[0])]
-        chosen = linear[:1] + chosen
+        before = modules[:[name for name, _ in modules].index(chosen[0])]
+        chosen = [name for name, module in before if isinstance(module, _LINEAR)][:1] + chosen
     return chosen
