@@ -134,15 +134,11 @@ class CEPA(ModelScanner):
         bootstrap-calibrated p-value over two layers or more, ``"sidak"`` otherwise; on held-out Fashion-MNIST
         and digits victims it found as many targets as ``"sidak"`` and flagged fewer clean models, docs/cepa.md),
         ``"sidak"`` (each layer tested on its own, the smallest p-value corrected for the number of tests; the
-        default until 2026-12-03) or ``"joint"`` (the all-to-one
-        layers tested together, one target's evidence summed over the layers, calibrated with the layers'
-        correlation:
-        :func:`~art_backdoor_ext.functional.layer_pooling.joint_layer_pvalue`; needs the bootstrap calibration).
-        ``report.joint`` holds the joint test either way. ``"pooled"``: the all-to-one layers' median-relative
-        statistics pooled into one set with one null
-        (:func:`~art_backdoor_ext.functional.layer_pooling.pooled_layer_pvalue`; more power than three nulls of
-        nine values, but it assumes the layers' relative spreads comparable: see docs/cepa.md); ``report.pooled``
-        holds it.
+        default until 2026-12-03), ``"joint"`` (the all-to-one layers tested together, a target's evidence summed
+        over them, calibrated with their correlation: ``functional.layer_pooling.joint_layer_pvalue``) or
+        ``"pooled"`` (their median-relative statistics pooled under one null; more power than one null per layer,
+        assuming the layers' relative spreads comparable: ``functional.layer_pooling.pooled_layer_pvalue``). Both
+        need the bootstrap calibration and count as one test; ``report.joint`` and ``report.pooled`` hold them.
     :param layer_penalty: ``"separate"`` (Eq. 1 once per layer) or ``"joint"`` (one optimisation, the layers'
         variance terms summed in raw units).
     :param learning_rate: Adam step on the deltas, relative to the ``clip_values`` range.
@@ -234,7 +230,10 @@ class CEPA(ModelScanner):
 
     def _check_params(self) -> None:
         super()._check_params()
-        m = len(self._resolved_layers()) * len(VARIANTS[self.variant])
+        n_layers = len(self._resolved_layers())
+        m = n_layers * len(VARIANTS[self.variant])  # tests Sidak counts; "pooled" and "joint" decide all-to-one by one
+        if "all-to-one" in VARIANTS[self.variant] and self.resolved_layer_pooling() in ("pooled", "joint"):
+            m -= n_layers - 1
         if self.layer_pooling not in ("auto", "sidak") and (self.calibration != "bootstrap"
                                                             or self.inference != "p-value"):
             raise InvalidParameterError(f"layer_pooling={self.layer_pooling!r} tests the layers with the "
@@ -245,8 +244,9 @@ class CEPA(ModelScanner):
         smallest = sidak_correction(1.0 / (self.n_bootstrap + 1), m)
         if smallest >= self.significance:
             need = int(np.ceil(m / self.significance))
+            tests = f"{m} test" + "s" * (m > 1)
             raise InvalidParameterError(
-                f"n_bootstrap={self.n_bootstrap} cannot reach significance={self.significance} over {m} tests (the "
+                f"n_bootstrap={self.n_bootstrap} cannot reach significance={self.significance} over {tests} (the "
                 f"smallest corrected p-value is {smallest:.3g}); use n_bootstrap >= {need}")
 
     def resolved_layer_pooling(self, layers: Sequence[str] | None = None) -> str:

@@ -190,11 +190,19 @@ def test_bad_input(warp_victim, clean_set):
         CEPA(clf, variant="one-to-one")
     with pytest.raises(InvalidParameterError, match="calibration must be one of"):
         CEPA(clf, calibration="exact")
-    # 4 layers: the smallest corrected bootstrap p-value with 99 draws is 1 - (1 - 1/100)^4 = 0.0394 > 0.01
+    # 4 layers tested one by one: the smallest corrected bootstrap p-value with 99 draws is 1 - (1 - 1/100)^4 =
+    # 0.0394 > 0.01; the default pools them into one test, whose smallest p-value is 1/100 (not < 0.01) or 1/101
     with pytest.raises(InvalidParameterError, match=r"n_bootstrap=99 cannot reach significance=0.01 over 4 tests.*"
                                                     r">= 400"):
+        CEPA(clf, significance=0.01, n_bootstrap=99, layer_pooling="sidak")
+    assert CEPA(clf, significance=0.01, n_bootstrap=400, layer_pooling="sidak").n_bootstrap == 400
+    with pytest.raises(InvalidParameterError, match=r"n_bootstrap=99 cannot reach significance=0.01 over 1 test "):
         CEPA(clf, significance=0.01, n_bootstrap=99)
-    assert CEPA(clf, significance=0.01, n_bootstrap=400).n_bootstrap == 400
+    for pooling in ("auto", "pooled", "joint"):
+        assert CEPA(clf, significance=0.01, n_bootstrap=100, layer_pooling=pooling).n_bootstrap == 100
+    # both variants: the four pair tests and the one all-to-one test
+    with pytest.raises(InvalidParameterError, match=r"over 5 tests"):
+        CEPA(clf, significance=0.01, n_bootstrap=400, variant="both")
     assert CEPA(clf, significance=0.01, n_bootstrap=99, calibration="none").calibration == "none"
     with pytest.raises(InvalidParameterError, match="unknown parameter"):
         det.set_params(lambda_=1.0)
