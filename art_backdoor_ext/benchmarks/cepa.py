@@ -60,6 +60,8 @@ ALTERNATIVES = (("sigma, p-value", "sigma", "p-value", "sidak"),
                 ("||mu||, p-value", "norm", "p-value", "sidak"), ("sigma/||mu||, MAD > 2", "consensus", "mad", "sidak"),
                 ("||mu||, MAD > 2", "norm", "mad", "sidak"))
 #: The per-target statistics of every victim kept in the report's arrays ("group/seed/layer/name").
+#: Ground-truth ASR at or above which an attack counts as one that took (the "target found (attack took)" column).
+MIN_TOOK_ASR = 0.5
 SAVED_STATISTICS = ("ratio", "mu_norm", "sigma", "misclassification", "delta_norm", "landing_sigma", "class_sigma")
 
 
@@ -232,6 +234,9 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
         rows.append({
             "attack": group,
             "target found": mean("found") if group != "clean" else None,
+            "target found (attack took)": (mean("found", [o for o in outcomes if o["gt"] >= MIN_TOOK_ASR])
+                                           if group != "clean" else None),
+            "attacks that took": (sum(o["gt"] >= MIN_TOOK_ASR for o in outcomes) if group != "clean" else None),
             "false detection (clean)": mean("detected") if group == "clean" else None,
             "target found (joint layers)": mean("joint_found") if group != "clean" else None,
             "false detection (joint layers)": mean("joint_detected") if group == "clean" else None,
@@ -254,6 +259,8 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
         f"dataset {data.name}, {cfg['models']} victims per group, {cfg['per_class']} clean images per class from the "
         f"test split, CEPA variant {cfg['variant']!r}, {cfg['max_iter']} iterations, default layers, decided by "
         f"statistic={DEFAULT_STATISTIC!r} (CEPA's default)",
+        f"target found (attack took): the attacked victims whose ground-truth ASR is at least {MIN_TOOK_ASR} "
+        "(a backdoor that did not take is not one to find; 'target found' counts every victim)",
         "Eq. 3 ASR: test images outside the clean set and the detected target, perturbed by estimate_trigger with "
         "the reported mu; for clean models the 'target' is the most extreme putative one",
         "GT ratio / Eq.1 median: the ground-truth trigger's sigma / ||mu|| on the clean set's non-target images "

@@ -269,6 +269,8 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
                                                 "eq3_samples": 20, "speed_iter": 2})
     report = run_benchmark("cepa", profile="fast")
     rows, _speed, victims = report.tables.values()
+    # the tiny victims' attacks: some took (patch), some did not (2 epochs), so both branches below are exercised
+    assert {v["gt_asr"] >= cepa.MIN_TOOK_ASR for v in victims if v["group"] != "clean"} == {True, False}
     assert [r["attack"] for r in rows] == list(cepa.GROUPS)
     for row, victim in zip(rows, victims):
         assert row["attack"] == victim["group"]
@@ -285,6 +287,12 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
         else:
             found = float(p_text) < 0.05 and int(target_text) == victim["target"]
             assert row["target found (joint layers)"] == float(found)
+        if victim["group"] == "clean":
+            assert row["target found (attack took)"] is None and row["attacks that took"] is None
+        else:  # one victim per group: counted in the column only when its attack took
+            took = victim["gt_asr"] >= cepa.MIN_TOOK_ASR
+            assert row["attacks that took"] == int(took)
+            assert row["target found (attack took)"] == (row["target found"] if took else None)
         for label, *_ in cepa.ALTERNATIVES:  # the other decisions of the same scan, per victim and per group
             detected, found_target = victim[f"{label} (detected -> target)"].split(" -> ")
             if victim["group"] == "clean":
