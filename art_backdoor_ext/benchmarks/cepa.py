@@ -59,9 +59,9 @@ ALTERNATIVES = (("sigma, p-value", "sigma", "p-value", "sidak"),
                 ("sigma, MAD > 2", "sigma", "mad", "sidak"),
                 ("||mu||, p-value", "norm", "p-value", "sidak"), ("sigma/||mu||, MAD > 2", "consensus", "mad", "sidak"),
                 ("||mu||, MAD > 2", "norm", "mad", "sidak"))
-#: The per-target statistics of every victim kept in the report's arrays ("group/seed/layer/name").
 #: Ground-truth ASR at or above which an attack counts as one that took (the "target found (attack took)" column).
 MIN_TOOK_ASR = 0.5
+#: The per-target statistics of every victim kept in the report's arrays ("group/seed/layer/name").
 SAVED_STATISTICS = ("ratio", "mu_norm", "sigma", "misclassification", "delta_norm", "landing_sigma", "class_sigma")
 
 
