@@ -53,7 +53,7 @@ def add_scan_parser(sub: Any, func: Any) -> None:
     scan.add_argument("--calibration", choices=["bootstrap", "none"], default=None,
                       help="CEPA: bootstrap-calibrated all-to-one p-value (default) or the uncalibrated one")
     scan.add_argument("--layer-pooling", choices=["auto", "sidak", "joint", "pooled"], default=None,
-                      help="CEPA: 'auto' (default: 'pooled' for the calibrated all-to-one p-value over several "
+                      help="CEPA: 'auto' (default: 'joint' for the calibrated all-to-one p-value over several "
                            "layers, else 'sidak'), decide layer by layer with a Sidak correction ('sidak'), test "
                            "the layers together ('joint'; report.json's 'joint' holds that test either way) or pool "
                            "their median-relative statistics under one null ('pooled')")

@@ -48,17 +48,12 @@ def main(fast: bool = False) -> dict:
     for test in report.tests:
         print(f"  {test['layer']}: most extreme target {test['target']}, p {test['p_value']:.3g} "
               f"(uncalibrated {test['p_value_uncalibrated']:.3g})")
-    # the default decision (layer_pooling="auto" -> "pooled"): the three layers' median-relative statistics
-    # under one null, one test, so no correction for the number of layers
-    if report.pooled is not None:
-        print(f"  pooled over {', '.join(report.pooled['pooled_layers'])}: target {report.pooled['target']} at "
-              f"{report.pooled['layer']}, p {report.pooled['p_value']:.3g} "
-              f"(decides: {report.settings['resolved_layer_pooling']})")
-    # the layers tested together (layer_pooling="joint" decides with it): one target's evidence summed over the
-    # layers, calibrated with the layers' correlation (functional.layer_pooling)
+    # the default decision (layer_pooling="auto" -> "joint"): the layers tested together, one target's evidence
+    # summed over the layers and calibrated with the layers' correlation (functional.layer_pooling); one test, so
+    # no correction for the number of layers
     if report.joint is not None:
         print(f"  joint over {', '.join(report.joint['pooled_layers'])}: target {report.joint['target']}, "
-              f"p {report.joint['p_value']:.3g}")
+              f"p {report.joint['p_value']:.3g} (decides: {report.settings['resolved_layer_pooling']})")
 
     x_new = data.x_test[data.y_test != report.target][:200]
     delta = detector.estimate_trigger(x_new, report, max_iter=100)

@@ -268,14 +268,15 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
         "trigger itself is a consensual outlier Eq. 1 could reach; above 1: inconclusive, Eq. 1 may find another "
         "route into the backdoor)",
         "joint layers: the decision of layer_pooling='joint' (report.joint, the all-to-one layers tested together) "
-        "from the same scan; the other columns are the default's (since 2026-12-03 layer_pooling='auto', i.e. the "
-        "layers' median-relative statistics pooled under one null; 'per layer' lists each layer's own test, and "
-        "'sigma, p-value' decides with those, Sidak over the layers, the default until then)",
+        "from the same scan, which is the default's (layer_pooling='auto') since 2026-12-07; 'per layer' lists "
+        "each layer's own test, and 'sigma, p-value' decides with those, Sidak over the layers (the default until "
+        "2026-12-03)",
         "sigma / ||mu|| / MAD columns: the same scans decided with CEPA(statistic='sigma') (the spread about mu "
         "alone, the paper's first condition; the default since 2026-12-02), statistic='consensus' (the paper's "
         "sigma / ||mu||), statistic='norm' (its Fig. 2 and 4 statistic) and with "
         "inference='mad' (anomaly index > 2, as Neural Cleanse), each layer on its own, and sigma with "
-        "layer_pooling='pooled' (the layers' median-relative statistics under one null: the default's decision); "
+        "layer_pooling='pooled' (the layers' median-relative statistics under one null: the default's decision "
+        "from 2026-12-03 to 2026-12-07); "
         "the "
         "per-target statistics of every victim are in the arrays file (group/seed/layer/name)",
         "paper anchor (CIFAR-10 ResNet-18, Table 1): Eq.1 ASR 92/93/97/91%, Eq.3 ASR 91/89/81/93% for "

@@ -42,9 +42,10 @@ Choices and deviations (see docs/cepa.md):
   layer with its own closed-form ``mu``) in one optimisation, which costs one copy instead of one per layer.
 - Several layers and variants are several tests: with ``layer_pooling="sidak"`` the decision uses the most
   extreme one (Section 3.1) and the reported p-value is Sidak-corrected for their number m,
-  ``1 - (1 - p_min)^m``. The default (``"auto"``, since 2026-12-03) decides the all-to-one layers by one test over
-  their median-relative statistics pooled (``"pooled"``, this project's, docs/cepa.md); the reported layer is
-  where the pooled maximum lies.
+  ``1 - (1 - p_min)^m``. The default (``"auto"``) decides the all-to-one layers by one test over them all:
+  since 2026-12-07 the joint test (``"joint"``, this project's, docs/cepa.md: a target's evidence summed over the
+  layers), from 2026-12-03 the layers' median-relative statistics pooled (``"pooled"``); the reported layer is
+  where the target's own per-layer test is most extreme.
 - The all-to-one variant has K statistics: its p-value is the order statistic of the largest of K under a Gamma
   null fitted to the K - 1 others, truncated at the largest (AD's robust null with one value excluded), then
   calibrated by a parametric bootstrap from that null (``calibration="bootstrap"``; this project's addition).
@@ -130,9 +131,9 @@ class CEPA(ModelScanner):
         uncalibrated, it falls below 0.05 for about a quarter of clean i.i.d. sets of ten statistics); ``"none"``
         keeps the uncalibrated order-statistic p-value. The pair variant is never calibrated.
     :param n_bootstrap: Simulated sets of the calibration (smallest attainable p-value ``1 / (n_bootstrap + 1)``).
-    :param layer_pooling: ``"auto"`` (default: ``"pooled"`` when the all-to-one variant is decided by the
-        bootstrap-calibrated p-value over two layers or more, ``"sidak"`` otherwise; on held-out Fashion-MNIST
-        and digits victims it found as many targets as ``"sidak"`` and flagged fewer clean models, docs/cepa.md),
+    :param layer_pooling: ``"auto"`` (default: ``"joint"`` when the all-to-one variant is decided by the
+        bootstrap-calibrated p-value over two layers or more, ``"sidak"`` otherwise; ``"pooled"`` resolved it from
+        2026-12-03 to 2026-12-07, when ``"joint"`` found more held-out backdoors, docs/cepa.md),
         ``"sidak"`` (each layer tested on its own, the smallest p-value corrected for the number of tests; the
         default until 2026-12-03), ``"joint"`` (the all-to-one layers tested together, a target's evidence summed
         over them, calibrated with their correlation: ``functional.layer_pooling.joint_layer_pvalue``) or
@@ -250,15 +251,15 @@ class CEPA(ModelScanner):
                 f"smallest corrected p-value is {smallest:.3g}); use n_bootstrap >= {need}")
 
     def resolved_layer_pooling(self, layers: Sequence[str] | None = None) -> str:
-        """The layer decision a scan uses: ``layer_pooling`` itself, or for ``"auto"`` ``"pooled"`` when the
+        """The layer decision a scan uses: ``layer_pooling`` itself, or for ``"auto"`` ``"joint"`` when the
         all-to-one variant is decided by the bootstrap-calibrated p-value over two layers or more (``layers``;
         None: the detector's own), else ``"sidak"``."""
         if self.layer_pooling != "auto":
             return self.layer_pooling
         n_layers = len(self._resolved_layers() if layers is None else layers)
-        pooled = ("all-to-one" in VARIANTS[self.variant] and self.calibration == "bootstrap"
+        across = ("all-to-one" in VARIANTS[self.variant] and self.calibration == "bootstrap"
                   and self.inference == "p-value" and n_layers >= 2)
-        return "pooled" if pooled else "sidak"
+        return "joint" if across else "sidak"
 
     def _resolved_layers(self) -> list[str]:
         if self.layers is None:

@@ -19,8 +19,8 @@ class CEPAReport:
     :ivar detected: True when the (Sidak-corrected) p-value is below ``significance`` (``inference="p-value"``)
         or the anomaly index exceeds ``anomaly_threshold`` (``inference="mad"``).
     :ivar p_value: ``1 - (1 - p_min)^m`` over the m tests (variant x layer; with ``layer_pooling="joint"`` or
-        ``"pooled"``, the default's choice for the all-to-one variant over several layers, those layers count as
-        one test, ``joint`` or ``pooled``); the raw ones are in ``tests``.
+        ``"pooled"``, those layers count as one test, ``joint`` or ``pooled``; ``"joint"`` is the default's
+        choice for the all-to-one variant over several layers); the raw ones are in ``tests``.
     :ivar anomaly_index: MAD anomaly index of the chosen test's most extreme statistic.
     :ivar target: putative target class of the most extreme test.
     :ivar source: its source class for the pair variant; None for the all-to-one variant (pooled sources).
@@ -40,7 +40,8 @@ class CEPAReport:
         ``target``.
     :ivar joint: the all-to-one test over all layers together (``p_value``, ``target``, ``layer``: where its
         ``mu`` is taken, ``pooled_layers``), computed whenever there are two or more layers, the p-value inference
-        and the bootstrap calibration; it decides with ``layer_pooling="joint"``. None otherwise.
+        and the bootstrap calibration; it decides with ``layer_pooling="joint"`` (the default's resolution). None
+        otherwise.
     :ivar pooled: with ``layer_pooling="pooled"``, the all-to-one test with the layers' median-relative statistics
         pooled (``p_value``, ``p_value_uncalibrated``, ``target``, ``layer`` where the pooled maximum lies,
         ``pooled_layers``); None otherwise.

@@ -348,25 +348,26 @@ def test_pooled_layer_pooling_decides_with_the_pooled_test(detector, report, cle
         CEPA(detector.classifier, layer_pooling="pooled", inference="mad")
 
 
-def test_auto_layer_pooling_pools_the_calibrated_all_to_one_layers_only(detector, clean_set, monkeypatch):
-    """The default, ``layer_pooling="auto"``: the pooled test where it applies, each layer on its own elsewhere."""
+def test_auto_layer_pooling_tests_the_calibrated_all_to_one_layers_together_only(detector, clean_set, monkeypatch):
+    """The default, ``layer_pooling="auto"``: the joint test where it applies, each layer on its own elsewhere."""
     results = detector.optimise(*clean_set)
     decisions = {}
-    for pooling in ("auto", "pooled", "sidak"):
+    for pooling in ("auto", "joint", "pooled", "sidak"):
         det = CEPA(detector.classifier, variant="all-to-one", max_iter=100, layer_pooling=pooling)
         monkeypatch.setattr(det, "optimise", lambda x, y, layers: results)  # the same optimisation, re-decided
         decisions[pooling] = det.scan(*clean_set)
-    auto, pooled, sidak = decisions["auto"], decisions["pooled"], decisions["sidak"]
+    auto, joint, pooled, sidak = (decisions[k] for k in ("auto", "joint", "pooled", "sidak"))
     assert CEPA(detector.classifier).layer_pooling == "auto"  # the default
-    assert auto.pooled == pooled.pooled and auto.pooled is not None and sidak.pooled is None
-    assert (auto.p_value, auto.target, auto.layer) == (pooled.p_value, pooled.target, pooled.layer)
-    assert auto.settings["layer_pooling"] == "auto" and auto.settings["resolved_layer_pooling"] == "pooled"
+    assert auto.joint == joint.joint and auto.joint is not None and auto.pooled is None and pooled.pooled is not None
+    assert (auto.p_value, auto.target, auto.layer) == (joint.p_value, joint.target, joint.layer)
+    assert auto.p_value == pytest.approx(auto.joint["p_value"])  # one test: no correction for the layers
+    assert auto.settings["layer_pooling"] == "auto" and auto.settings["resolved_layer_pooling"] == "joint"
     assert sidak.settings["resolved_layer_pooling"] == "sidak"
-    # where the pooled test does not apply, auto is the per-layer decision (and no error, unlike "pooled")
+    # where the joint test does not apply, auto is the per-layer decision (and no error, unlike "joint")
     clf = detector.classifier
     assert CEPA(clf, inference="mad").resolved_layer_pooling() == "sidak"
     assert CEPA(clf, calibration="none").resolved_layer_pooling() == "sidak"
     assert CEPA(clf, layers="relu3").resolved_layer_pooling() == "sidak"  # one layer: nothing to pool
     assert CEPA(clf, variant="pairs").resolved_layer_pooling() == "sidak"
-    assert CEPA(clf, variant="both").resolved_layer_pooling() == "pooled"  # its all-to-one half
+    assert CEPA(clf, variant="both").resolved_layer_pooling() == "joint"  # its all-to-one half
     assert CEPA(clf, layer_pooling="joint").resolved_layer_pooling() == "joint"
