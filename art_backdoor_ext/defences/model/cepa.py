@@ -42,10 +42,9 @@ Choices and deviations (see docs/cepa.md):
   layer with its own closed-form ``mu``) in one optimisation, which costs one copy instead of one per layer.
 - Several layers and variants are several tests: with ``layer_pooling="sidak"`` the decision uses the most
   extreme one (Section 3.1) and the reported p-value is Sidak-corrected for their number m,
-  ``1 - (1 - p_min)^m``. The default (``"auto"``) decides the all-to-one layers by one test over them all:
-  since 2026-12-07 the joint test (``"joint"``, this project's, docs/cepa.md: a target's evidence summed over the
-  layers), from 2026-12-03 the layers' median-relative statistics pooled (``"pooled"``); the reported layer is
-  where the target's own per-layer test is most extreme.
+  ``1 - (1 - p_min)^m``. The default (``"auto"``) decides the all-to-one layers by one test: since 2026-12-07 the
+  joint test (``"joint"``, this project's, docs/cepa.md: a target's evidence summed over the layers; before, their
+  median-relative statistics pooled, ``"pooled"``), reported at the layer where the target's own test is extreme.
 - The all-to-one variant has K statistics: its p-value is the order statistic of the largest of K under a Gamma
   null fitted to the K - 1 others, truncated at the largest (AD's robust null with one value excluded), then
   calibrated by a parametric bootstrap from that null (``calibration="bootstrap"``; this project's addition).
