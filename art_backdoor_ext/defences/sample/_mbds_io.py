@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
@@ -15,6 +16,7 @@ from art_backdoor_ext._torch import classifier_device
 from art_backdoor_ext._validation import check_pytorch_classifier
 from art_backdoor_ext.defences.base import to_builtin
 from art_backdoor_ext.defences.sample._meta import MetaClassifier, state_to_cpu, to_plain
+from art_backdoor_ext.defences.sample.class_residual import ClassResidualDetector
 from art_backdoor_ext.exceptions import DataError
 
 if TYPE_CHECKING:
@@ -38,6 +40,12 @@ def save_mbds(detector: MBDS, path: str | os.PathLike) -> None:
             "shadow_states": [state_to_cpu(m) for m in detector._shadow],
             "shadow_mean": detector._shadow_mean.cpu(), "shadow_std": detector._shadow_std.cpu(),
             "victim_mean": detector._victim_mean.cpu(), "victim_std": detector._victim_std.cpu()}
+    residual = detector._residual  # the fused mode's class statistics and calibration scores
+    blob["residual_layer"] = json.dumps(residual._layer)
+    blob["residual_means"], blob["residual_scale"] = torch.from_numpy(residual._means), \
+        torch.from_numpy(residual._scale)
+    blob["fusion_calibration"] = [torch.from_numpy(np.asarray(c, dtype=np.float64)) for c in
+                                  detector._fusion_calibration]
     torch.save(blob, os.fspath(path))
 
 
@@ -84,5 +92,10 @@ def load_mbds(cls: type[MBDS], path: str | os.PathLike, classifier: PyTorchClass
     det._victim_mean, det._victim_std = blob["victim_mean"], blob["victim_std"]
     det._thresholds = {k: float(v) for k, v in config["thresholds"].items()}
     det._split_seed, det._reserve_digest = config.get("split_seed"), config.get("reserve_digest")
+    if "residual_means" in blob:  # files written before the fused mode have no residual (that mode then refuses)
+        det._residual = ClassResidualDetector.from_statistics(
+            classifier, json.loads(blob["residual_layer"]), blob["residual_means"].numpy(),
+            blob["residual_scale"].numpy(), batch_size=det.batch_size)
+        det._fusion_calibration = tuple(c.numpy() for c in blob["fusion_calibration"])
     det._fitted = True
     return det

@@ -99,6 +99,7 @@ class ClassResidualDetector(CalibratedDetector):
         self.batch_size = batch_size
         self.random_state = random_state
         self.verbose = verbose
+        self._has_threshold = False
         self._check_params()
 
     # ------------------------------------------------------------------ public API
@@ -124,32 +125,86 @@ class ClassResidualDetector(CalibratedDetector):
         if y is None:
             raise DataError("ClassResidualDetector.fit needs the reserve's labels: fit(x_reserved, y_reserved)")
         y = check_labels(y, n_samples=len(x), nb_classes=k, name="y", allow_one_hot=True)
-        layer = self._resolve_layer()
         idx_stats, idx_cal = self._split(y)
-        features, predicted = self._features(x[idx_stats], layer)
-        y_stats = y[idx_stats]
-        kept = predicted == y_stats
-        # a class the classifier gets (almost) never right keeps all its samples rather than none
-        fallback = [c for c in range(k) if np.sum(kept & (y_stats == c)) < 2]
-        if fallback:
-            logger.warning("ClassResidualDetector: fewer than 2 correctly classified statistics samples of class(es) "
-                           "%s; their statistics use all their samples", fallback)
-            kept |= np.isin(y_stats, fallback)
-        means, scale = class_means_and_scale(features[kept], y_stats[kept], k)
-        self._layer, self._means, self._scale = layer, means, scale
-        self._fitted = True
+        kept, fallback = self._fit_statistics(x[idx_stats], y[idx_stats])
         clean = self._score(x[idx_cal], calibration=True)
         self._threshold = threshold_at_frr(clean, self.target_frr, method="conformal")
+        self._has_threshold = True
         self.fit_report_ = to_builtin({
-            "layer": layer, "n_features": int(means.shape[1]), "reserve_split": {"statistics": len(idx_stats),
-                                                                                "calibration": len(idx_cal)},
-            "statistics_samples_kept": int(kept.sum()), "classes_with_all_samples": fallback,
+            "layer": self._layer, "n_features": int(self._means.shape[1]),
+            "reserve_split": {"statistics": len(idx_stats), "calibration": len(idx_cal)},
+            "statistics_samples_kept": kept, "classes_with_all_samples": fallback,
             "threshold": self._threshold,
             "calibration_frr": calibration_frr_summary(len(idx_cal), self.target_frr),
             "seconds": time.perf_counter() - start})
         logger.info("ClassResidualDetector fitted: %s", self.fit_report_)
 
+    def fit_statistics(self, x: np.ndarray, y: np.ndarray) -> None:
+        """
+        Class statistics only, from all of ``x`` (no reserve split, no threshold): :meth:`score` works afterwards,
+        :meth:`detect` needs :meth:`fit`. For callers that calibrate the score themselves (MBDS's
+        ``feature_source="victim+residual"`` fuses it with its meta-classifier's score).
+
+        :param x: Clean labelled samples, NCHW float32 in the classifier's ``clip_values``.
+        :param y: Integer labels ``(N,)`` (or one-hot).
+        :raises DataError: bad data or labels, a class with fewer than 2 samples.
+        """
+        x = self._check_x(x)
+        y = check_labels(y, n_samples=len(x), nb_classes=int(self.classifier.nb_classes), name="y",
+                         allow_one_hot=True)
+        self._fit_statistics(x, y)
+        self._has_threshold = False
+
+    @classmethod
+    def from_statistics(cls, classifier: PyTorchClassifier, layer: str, means: np.ndarray, scale: np.ndarray, *,
+                        batch_size: int = 256) -> ClassResidualDetector:
+        """A detector holding given class statistics (``means`` ``(K, D)``, ``scale`` ``(D,)`` at ``layer``), as
+        :meth:`fit_statistics` leaves it: it scores, it has no threshold. Used to restore a saved MBDS."""
+        det = cls(classifier, layer=layer, batch_size=batch_size)
+        det._layer = det._resolve_layer()
+        means, scale = np.asarray(means, dtype=np.float64), np.asarray(scale, dtype=np.float64)
+        if means.ndim != 2 or means.shape[0] != int(classifier.nb_classes) or scale.shape != (means.shape[1],):
+            raise DataError(f"class statistics of shape {means.shape} and {scale.shape} do not fit "
+                            f"{classifier.nb_classes} classes")
+        det._means, det._scale, det._fitted = means, scale, True
+        return det
+
+    def detect(self, x: np.ndarray, batch_size: int = 128, **kwargs: Any) -> tuple[dict[str, Any], np.ndarray]:
+        """As :meth:`CalibratedDetector.detect`; after :meth:`fit_statistics` alone (no threshold) it raises
+        :class:`~art_backdoor_ext.exceptions.NotFittedError`."""
+        self._require_threshold()
+        return super().detect(x, batch_size, **kwargs)
+
+    @property
+    def threshold(self) -> float:
+        """The calibrated threshold (set by :meth:`fit`, not by :meth:`fit_statistics`)."""
+        self._require_threshold()
+        return float(self._threshold)
+
+    def _require_threshold(self) -> None:
+        if self._fitted and not self._has_threshold:
+            raise NotFittedError("ClassResidualDetector has class statistics but no threshold (fit_statistics): "
+                                 "call fit(x_reserved, y_reserved) to detect")
+
     # ------------------------------------------------------------------ steps
+    def _fit_statistics(self, x: np.ndarray, y: np.ndarray) -> tuple[int, list[int]]:
+        """Per-class means and pooled scale from the samples the classifier gets right (all of a class's samples
+        where it gets fewer than two right); returns the number of samples used and the classes that kept all."""
+        k = int(self.classifier.nb_classes)
+        layer = self._resolve_layer()
+        features, predicted = self._features(x, layer)
+        kept = predicted == y
+        # a class the classifier gets (almost) never right keeps all its samples rather than none
+        fallback = [c for c in range(k) if np.sum(kept & (y == c)) < 2]
+        if fallback:
+            logger.warning("ClassResidualDetector: fewer than 2 correctly classified statistics samples of class(es) "
+                           "%s; their statistics use all their samples", fallback)
+            kept |= np.isin(y, fallback)
+        self._layer = layer
+        self._means, self._scale = class_means_and_scale(features[kept], y[kept], k)
+        self._fitted = True
+        return int(kept.sum()), fallback
+
     def _prepare(self, x: np.ndarray) -> None:
         """Unused: :meth:`fit` needs the labels and sets the class statistics itself."""
 

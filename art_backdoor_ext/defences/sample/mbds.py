@@ -22,6 +22,12 @@ Choices this implementation makes where the paper is silent (each documented in 
   shadow model, or the victim), so that the meta-classifier sees comparable scales from every extractor.
 - ``feature_source="shadow"`` (black-box, the paper's setting) scores an input by the mean meta-classifier
   probability over every shadow extractor; ``"victim"`` (white-box) uses the classifier's own feature map.
+  ``"victim+residual"`` (white-box, not in the paper) flags an input when either the ``"victim"`` score or the
+  class residual of the victim's penultimate features (:class:`~art_backdoor_ext.defences.sample.
+  ClassResidualDetector`, class statistics from the reserve outside the calibration part) is unusually high: each
+  is ranked among the calibration part's clean scores and the larger rank kept
+  (:func:`~art_backdoor_ext.functional.score_fusion.max_rank_fusion`). The meta-classifier finds global blended
+  triggers the residual misses; the residual finds local patches the meta-classifier misses (docs/mbds.md).
 - Files written by :meth:`MBDS.save` hold only tensors, lists and one JSON string; :meth:`MBDS.load` reads them
   with ``torch.load(weights_only=True)`` and refuses any file that holds pickled objects.
 """
@@ -66,9 +72,11 @@ from art_backdoor_ext.defences.sample._meta import (
     probe_model,
     train_meta_classifier,
 )
+from art_backdoor_ext.defences.sample.class_residual import ClassResidualDetector
 from art_backdoor_ext.ensemble import train_ensemble, train_sequential
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
 from art_backdoor_ext.functional.detection import calibration_frr_summary, threshold_at_frr
+from art_backdoor_ext.functional.score_fusion import max_rank_fusion
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +84,7 @@ __all__ = ["MBDS", "MetaClassifier"]
 
 _EPS = 1e-6
 _MIN_META, _MIN_CAL = 10, 10
+SOURCES = ("shadow", "victim", "victim+residual")
 
 
 def _reset_parameters(model: nn.Module) -> nn.Module:
@@ -99,8 +108,10 @@ class MBDS(ParamsMixin, EvasionDetector):
     :param feature_layer: Layer whose output is the feature map; ``None``: the last module with a 4-D output
         before the first ``nn.Linear`` (``"pool"`` for ``DigitsCNN``). A 2-D output ``(N, D)`` is used as
         ``(D, 1, 1)``.
-    :param feature_source: ``"shadow"`` (black-box: mean score over the shadow extractors) or ``"victim"``
-        (white-box: the classifier's own feature map at ``feature_layer``).
+    :param feature_source: ``"shadow"`` (black-box: mean score over the shadow extractors), ``"victim"``
+        (white-box: the classifier's own feature map at ``feature_layer``) or ``"victim+residual"`` (white-box:
+        ``"victim"`` or the class residual of the penultimate features, whichever ranks higher among clean
+        calibration scores; see the module doc).
     :param target_frr: Bound on the expected false rejection rate on new clean inputs: the threshold is the
         ``floor((n + 1) target_frr)``-th highest score of the ``n`` held-out clean calibration samples.
     :param distribution: The :class:`JumboDistribution` of backdoor settings (``None``: MNTD's defaults).
@@ -134,7 +145,7 @@ class MBDS(ParamsMixin, EvasionDetector):
         "model_factory": [Instance(callable), None],
         "n_shadow_models": [Interval(int, 1, None)],
         "feature_layer": [Instance(str), None],
-        "feature_source": [Options(("shadow", "victim"))],
+        "feature_source": [Options(SOURCES)],
         "target_frr": [Interval(float, 0, 1, closed="neither")],
         "distribution": [Instance(JumboDistribution), None],
         "shadow_epochs": [Interval(int, 1, None)],
@@ -305,7 +316,7 @@ class MBDS(ParamsMixin, EvasionDetector):
         self._split_seed, self._reserve_digest = seeds[0], _digest(x)
         self._fitted = True
         self._thresholds = {"shadow": _threshold(self._score(x[idx_cal], "shadow"), self.target_frr)}
-        self._calibrate_victim(xm, x[idx_cal])
+        self._calibrate_victim(x, y, idx_meta, idx_cal)
         counts["meta_training_samples"] = int(len(balanced))
         self.fit_report_ = to_builtin({
             "feature_layer": layer, "feature_shape": list(shape), "n_shadow_models": len(shadow),
@@ -318,10 +329,12 @@ class MBDS(ParamsMixin, EvasionDetector):
 
     def score(self, x: np.ndarray, *, feature_source: str | None = None) -> np.ndarray:
         """
-        Backdoor score of each input, in ``[0, 1]`` (higher = more likely backdoored).
+        Backdoor score of each input, higher = more likely backdoored: a probability in ``[0, 1]``, or for
+        ``"victim+residual"`` the larger calibration rank plus a tie-break, in ``[0, 1.001]``.
 
         :param x: Inputs NCHW float32 in the classifier's ``clip_values``.
-        :param feature_source: Override ``self.feature_source`` (``"shadow"`` or ``"victim"``).
+        :param feature_source: Override ``self.feature_source`` (one of ``"shadow"``, ``"victim"``,
+            ``"victim+residual"``).
         :return: float64 ``(N,)``.
         :raises NotFittedError: before :meth:`fit` / :meth:`load`.
         """
@@ -392,7 +405,7 @@ class MBDS(ParamsMixin, EvasionDetector):
             raise DataError("x is not the reserve this detector was fitted on; for_classifier needs the same "
                             "reserve to rebuild the meta/calibration split")
         _, idx_meta, idx_cal = other._split(y, split_seed)
-        other._calibrate_victim(x[idx_meta], x[idx_cal])
+        other._calibrate_victim(x, y, idx_meta, idx_cal)
         return other
 
     @property
@@ -443,8 +456,11 @@ class MBDS(ParamsMixin, EvasionDetector):
 
     def _source(self, source: str | None) -> str:
         source = self.feature_source if source is None else source
-        if source not in ("shadow", "victim"):
-            raise InvalidParameterError(f"feature_source must be 'shadow' or 'victim', got {source!r}")
+        if source not in SOURCES:
+            raise InvalidParameterError(f"feature_source must be one of {', '.join(map(repr, SOURCES))}, got "
+                                        f"{source!r}")
+        if self._fitted and source not in self._thresholds:
+            raise DataError(f"this detector has no {source!r} mode (a file saved before it existed): fit it again")
         return source
 
     def _check_x(self, x: Any, name: str) -> np.ndarray:
@@ -515,11 +531,20 @@ class MBDS(ParamsMixin, EvasionDetector):
         check_class_counts(y, nb_classes=k, min_per_class=1, name="y (the reserve)")
         return shadow, meta, cal
 
-    def _calibrate_victim(self, x_meta: np.ndarray, x_cal: np.ndarray) -> None:
-        """Victim-mode standardisation (clean meta-training statistics) and threshold (calibration part)."""
-        f_victim, _ = self._victim_features(x_meta)
+    def _calibrate_victim(self, x: np.ndarray, y: np.ndarray, idx_meta: np.ndarray, idx_cal: np.ndarray) -> None:
+        """Victim-mode standardisation (clean meta-training statistics) and threshold (calibration part); the
+        class-residual statistics (the reserve outside the calibration part) and the fused mode's threshold."""
+        f_victim, _ = self._victim_features(x[idx_meta])
         self._victim_mean, self._victim_std = _channel_stats(f_victim)
-        self._thresholds["victim"] = _threshold(self._score(x_cal, "victim"), self.target_frr)
+        victim_cal = self._score(x[idx_cal], "victim")
+        self._thresholds["victim"] = _threshold(victim_cal, self.target_frr)
+        residual = ClassResidualDetector(self.classifier, batch_size=self.batch_size)
+        outside = np.setdiff1d(np.arange(len(x)), idx_cal)
+        residual.fit_statistics(x[outside], y[outside])
+        self._residual = residual
+        self._fusion_calibration = (victim_cal, residual.score(x[idx_cal]))
+        fused = max_rank_fusion(self._fusion_calibration, self._fusion_calibration, scores_are_calibration=True)
+        self._thresholds["victim+residual"] = _threshold(fused, self.target_frr)
 
     def _victim_features(self, x: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         classifier = self.classifier
@@ -529,6 +554,8 @@ class MBDS(ParamsMixin, EvasionDetector):
 
     def _score(self, x: np.ndarray, source: str) -> np.ndarray:
         device = classifier_device(self.classifier)
+        if source == "victim+residual":
+            return max_rank_fusion(self._fusion_calibration, [self._score(x, "victim"), self._residual.score(x)])
         if source == "victim":
             feats, _ = self._victim_features(x)
             return meta_probabilities(self._meta, _normalise(feats, self._victim_mean, self._victim_std),

@@ -130,3 +130,21 @@ def test_errors(badnets_victim, split, fitted):
         fitted.detect(x_eval, feature_source="victim")
     with pytest.raises((EstimatorError, InvalidParameterError, TypeError)):
         ClassResidualDetector(object())
+
+
+def test_fit_statistics_scores_like_fit_on_the_same_statistics_part_and_has_no_threshold(fitted, split,
+                                                                                        badnets_victim):
+    (xr, yr), x_eval, _ = split
+    stats, _ = fitted._split(yr)
+    det = ClassResidualDetector(badnets_victim.classifier)
+    det.fit_statistics(xr[stats], yr[stats])
+    np.testing.assert_allclose(det.score(x_eval), fitted.score(x_eval))
+    with pytest.raises(NotFittedError, match="no threshold"):
+        det.detect(x_eval)
+    with pytest.raises(NotFittedError, match="no threshold"):
+        _ = det.threshold
+    restored = ClassResidualDetector.from_statistics(badnets_victim.classifier, "relu3", fitted._means,
+                                                     fitted._scale)
+    np.testing.assert_array_equal(restored.score(x_eval), fitted.score(x_eval))
+    with pytest.raises(DataError, match="do not fit"):
+        ClassResidualDetector.from_statistics(badnets_victim.classifier, "relu3", fitted._means[:3], fitted._scale)

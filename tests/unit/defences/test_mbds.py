@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from art_backdoor_ext.defences.sample import MBDS, MBDSPoisonFilter
+from art_backdoor_ext.defences.sample import MBDS, ClassResidualDetector, MBDSPoisonFilter
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
 from art_backdoor_ext.models import DigitsCNN
 
@@ -83,14 +83,53 @@ def test_victim_feature_source_runs(fitted, split):
         fitted.detect(xe, foo=1)
 
 
+def test_fused_source_is_the_larger_calibration_rank_of_victim_score_and_class_residual(fitted, split,
+                                                                                       badnets_victim):
+    (xr, yr), (xe, ye) = split
+    _, _, idx_cal = fitted._split(yr, fitted._split_seed)
+    outside = np.setdiff1d(np.arange(len(yr)), idx_cal)
+    residual = ClassResidualDetector(badnets_victim.classifier)
+    residual.fit_statistics(xr[outside], yr[outside])
+    cal = [fitted.score(xr[idx_cal], feature_source="victim"), residual.score(xr[idx_cal])]
+    x_trig = white_patch(xe[ye != 0])
+    new = [fitted.score(x_trig, feature_source="victim"), residual.score(x_trig)]
+    # ranks written out here: the fraction of calibration scores strictly below
+    ranks = np.stack([np.mean(c[None, :] < v[:, None], axis=1) for c, v in zip(cal, new)])
+    expected = ranks.max(0) + 1e-3 * ranks.mean(0)
+    np.testing.assert_allclose(fitted.score(x_trig, feature_source="victim+residual"), expected)
+    # the threshold: the conformal rank (3rd highest of 60) of the calibration inputs' fused scores, each ranked
+    # among the other 59
+    loo = np.stack([np.array([np.sum(c < c[i]) for i in range(len(c))]) / (len(c) - 1) for c in cal])
+    fused_cal = np.sort(loo.max(0) + 1e-3 * loo.mean(0))
+    assert fitted.thresholds["victim+residual"] == pytest.approx(fused_cal[-3])
+    # the residual finds the 2x2 patch the meta-classifier misses: fused recall at least the better of the two
+    _, flagged = fitted.detect(x_trig, feature_source="victim+residual")
+    _, flagged_victim = fitted.detect(x_trig, feature_source="victim")
+    assert flagged.mean() >= 0.8 and flagged.mean() >= flagged_victim.mean()
+    _, clean_flagged = fitted.detect(xe, feature_source="victim+residual")
+    assert clean_flagged.mean() <= fitted.target_frr + 0.15
+
+
 def test_save_load_round_trip(fitted, split, badnets_victim, tmp_path):
     _, (xe, _) = split
     path = tmp_path / "mbds.pt"
     fitted.save(path)
     loaded = MBDS.load(path, badnets_victim.classifier)
-    for source in ("shadow", "victim"):
+    for source in ("shadow", "victim", "victim+residual"):
         np.testing.assert_array_equal(loaded.score(xe, feature_source=source), fitted.score(xe, feature_source=source))
     assert loaded.thresholds == fitted.thresholds and loaded.get_params()["n_shadow_models"] == 12
+    # a file written before the fused mode existed loads, and refuses that mode with a clear error
+    blob = torch.load(path, weights_only=True)
+    for key in ("residual_layer", "residual_means", "residual_scale", "fusion_calibration"):
+        del blob[key]
+    config = json.loads(blob["config"])
+    del config["thresholds"]["victim+residual"]
+    blob["config"] = json.dumps(config)
+    torch.save(blob, tmp_path / "old.pt")
+    old = MBDS.load(tmp_path / "old.pt", badnets_victim.classifier)
+    np.testing.assert_array_equal(old.score(xe, feature_source="victim"), fitted.score(xe, feature_source="victim"))
+    with pytest.raises(DataError, match="fit it again"):
+        old.detect(xe, feature_source="victim+residual")
 
 
 class _Evil:
@@ -207,6 +246,9 @@ def test_for_classifier_reuses_shadows_and_recalibrates_victim(fitted, split, ba
     assert other.shadow_models[0] is fitted.shadow_models[0]  # nothing retrained
     np.testing.assert_array_equal(other.score(xe), fitted.score(xe))  # shadow mode does not depend on the victim
     assert other.thresholds["shadow"] == before["shadow"] and other.thresholds["victim"] != before["victim"]
+    assert other.thresholds["victim+residual"] != before["victim+residual"]  # the residual is the new victim's
+    np.testing.assert_array_equal(same.score(xe, feature_source="victim+residual"),
+                                  fitted.score(xe, feature_source="victim+residual"))
     assert other.classifier is fresh_classifier and fitted.classifier is badnets_victim.classifier
     assert fitted.thresholds == before  # the fitted detector is unchanged
     with pytest.raises(DataError, match="not the reserve"):

@@ -1,0 +1,121 @@
+"""Score fusions for MBDS's white-box mode, offline, from the files of ``mbds_fusion_scores.py``.
+
+Usage: ``.venv/bin/python tools/scratch/mbds_fusion_study.py DIR [DIR ...]``
+
+Per victim and score: F2 at the split-conformal threshold on MBDS's calibration part of the reserve (target FRR
+0.05), F2 on the triggered inputs the victim sends to its target, AUROC and the realised FRR on the clean test
+images. Scores:
+
+- ``mbds``: the library's victim-mode MBDS score (victim-initialised shadows), its own threshold;
+- ``res-pen`` / ``res-feat``: the class residual (diagonal, ``functional.class_residual``) at the penultimate layer /
+  at MBDS's feature layer, class statistics from the reserve outside the calibration part (samples the victim
+  classifies right);
+- ``res-pen-tied``: the same at the penultimate layer with one shared full covariance (Ledoit-Wolf shrinkage),
+  Lee et al.'s Mahalanobis score;
+- ``A | B``: rank fusion: each score turned into its rank among the calibration part's scores (fraction below),
+  the input's largest rank taken (the other as a tie-break), thresholded at the conformal rank of the calibration
+  part's fused values.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.covariance import LedoitWolf
+
+from art_backdoor_ext.functional.class_residual import class_means_and_scale, residual_scores
+from art_backdoor_ext.functional.detection import threshold_at_frr
+from art_backdoor_ext.functional.metrics import f_beta, roc_auc
+
+TARGET_FRR = 0.05
+
+
+def _stats_rows(d: dict, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.setdiff1d(np.arange(len(d["y_reserve"])), d["idx_cal"])
+    y = d["y_reserve"][rows]
+    right = d["reserve_logits"][rows].argmax(1) == y
+    for c in range(d["reserve_logits"].shape[1]):  # a class the victim never gets right keeps all its samples
+        if np.sum(right & (y == c)) < 2:
+            right |= y == c
+    return d[f"reserve_{layer}"][rows][right].astype(np.float64), y[right]
+
+
+def diag_residual(d: dict, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    f, y = _stats_rows(d, layer)
+    means, scale = class_means_and_scale(f, y, d["reserve_logits"].shape[1])
+
+    def score(part: str) -> np.ndarray:
+        return residual_scores(d[f"{part}_{layer}"].astype(np.float64), d[f"{part}_logits"].argmax(1), means, scale)
+    return score("reserve"), score("eval")
+
+
+def tied_residual(d: dict, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    f, y = _stats_rows(d, layer)
+    k = d["reserve_logits"].shape[1]
+    means = np.stack([f[y == c].mean(0) for c in range(k)])
+    precision = LedoitWolf().fit(f - means[y]).precision_
+
+    def score(part: str) -> np.ndarray:
+        z = d[f"{part}_{layer}"].astype(np.float64) - means[d[f"{part}_logits"].argmax(1)]
+        return np.einsum("nd,de,ne->n", z, precision, z)
+    return score("reserve"), score("eval")
+
+
+def ranks(cal: np.ndarray, values: np.ndarray) -> np.ndarray:
+    return np.searchsorted(np.sort(cal), values, side="left") / len(cal)
+
+
+def fuse(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration, eval) fused scores: the largest calibration rank, the others' mean as a tie-break."""
+    cal_r = np.stack([ranks(c, c) for c, _ in parts])
+    ev_r = np.stack([ranks(c, e) for c, e in parts])
+    return cal_r.max(0) + 1e-3 * cal_r.mean(0), ev_r.max(0) + 1e-3 * ev_r.mean(0)
+
+
+def evaluate(d: dict, cal: np.ndarray, ev: np.ndarray, threshold: float | None = None) -> tuple[float, ...]:
+    if threshold is None:
+        threshold = threshold_at_frr(cal, TARGET_FRR, method="conformal")
+    flagged, is_p, eff = ev > threshold, d["is_poison"], d["effective"]
+    return (f_beta(flagged, is_p, beta=2.0), f_beta(flagged[eff], is_p[eff], beta=2.0), roc_auc(ev, is_p),
+            float(flagged[~is_p].mean()))
+
+
+def victim_rows(d: dict) -> dict[str, tuple[float, ...]]:
+    cal_idx = d["idx_cal"]
+    comps = {"mbds": (d["mbds_reserve"][cal_idx], d["mbds_eval"]),
+             "res-pen": tuple(s if i else s[cal_idx] for i, s in enumerate(diag_residual(d, "penultimate"))),
+             "res-feat": tuple(s if i else s[cal_idx] for i, s in enumerate(diag_residual(d, "feature"))),
+             "res-pen-tied": tuple(s if i else s[cal_idx] for i, s in enumerate(tied_residual(d, "penultimate")))}
+    out = {"mbds": evaluate(d, *comps["mbds"], threshold=float(d["mbds_threshold"]))}
+    for name in ("res-pen", "res-feat", "res-pen-tied"):
+        out[name] = evaluate(d, *comps[name])
+    for combo in (("mbds", "res-pen"), ("mbds", "res-pen-tied"), ("mbds", "res-feat"),
+                  ("mbds", "res-pen", "res-feat"), ("res-pen", "res-feat")):
+        out[" | ".join(combo)] = evaluate(d, *fuse([comps[c] for c in combo]))
+    return out
+
+
+def main(dirs: list[str]) -> None:
+    table: dict[tuple[str, str], list[tuple[float, ...]]] = {}
+    for directory in dirs:
+        for path in sorted(Path(directory).glob("*.npz")):
+            d = dict(np.load(path))
+            attack = path.stem.split("-")[0]
+            rows = victim_rows(d)
+            asr = float(d["effective"][d["is_poison"]].mean())
+            print(f"{path.parent.name}/{path.stem} (ASR {asr:.3f}): " + "; ".join(
+                f"{k} {v[0]:.3f}" for k, v in rows.items()), flush=True)
+            for k, v in rows.items():
+                table.setdefault((attack, k), []).append(v)
+    print("\nmean over victims: F2 / F2 effective / AUROC / FRR (min F2)")
+    for score in sorted({k for _, k in table}, key=lambda s: (s.count("|"), s)):
+        cells = []
+        for attack in ("BadNets", "Blended", "Jumbo"):
+            v = np.array(table.get((attack, score), [[np.nan] * 4]))
+            m = v.mean(0)
+            cells.append(f"{attack} {m[0]:.3f} / {m[1]:.3f} / {m[2]:.3f} / {m[3]:.3f} "
+                         f"({v[:, 0].min():.3f}, n={len(v)})")
+        print(f"{score:28s} " + " | ".join(cells))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
