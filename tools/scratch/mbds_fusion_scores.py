@@ -7,8 +7,8 @@ Draws the reserve, attacker share, test subset and victims exactly as ``bench mb
 the victim exactly as the benchmark's ``victim, victim-init shadows`` row does, and writes ``OUT_DIR/ATTACK-SEED.npz``
 with: the victim's features at MBDS's layer (``feature``, ``pool2`` on the BadNets CNN) and at the
 penultimate layer (``penultimate``, ``relu3``) and logits on the reserve and on the evaluation inputs (clean
-test images, then triggered copies of the non-target ones), MBDS's victim-mode scores on both (and, where the library has it, the
-``victim+residual`` mode's scores on the evaluation inputs and its threshold), the MBDS reserve
+test images, then triggered copies of the non-target ones), MBDS's victim-mode scores on both (and, where the
+library has it, the ``victim+residual`` mode's scores on the evaluation inputs and its threshold), the MBDS reserve
 split (shadow / meta / calibration indices), ``is_poison``, ``effective`` (triggered inputs the victim sends to its
 target) and the reserve labels. ``OUT_DIR/ATTACK-SEED.pt`` holds the victim's state_dict.
 """
