@@ -3,8 +3,9 @@
 Attacks: ``badnets``, ``blend``, ``sig``, ``warp``, ``chessboard``, ``sparse``.
 Defences: ART's own ``art-ac`` and ``art-ss`` exactly as ART users call them (last layer, defaults), and this
 project's layer-selectable ``ac``, ``ss`` and ``sr`` (Subspace Reconstruction); model scanners ``ad``, ``nc``,
-``cepa``; sample detectors ``mbds``, ``strip``, ``art-strip`` (ART's STRIP on a copy of the classifier),
-``feature-squeezing``, ``class-residual`` (white-box baseline); the transformer ``fine-pruning``.
+``cepa``; sample detectors ``mbds``, ``mbds-fused`` (white-box, victim-initialised shadows), ``strip``,
+``art-strip`` (ART's STRIP on a copy of the classifier), ``feature-squeezing``, ``class-residual`` (white-box
+baseline); the transformer ``fine-pruning``.
 """
 
 from __future__ import annotations
@@ -196,6 +197,25 @@ def _mbds(context: EvaluationContext) -> list[DefenceOutcome]:
     from art_backdoor_ext.defences import MBDS
 
     detector = MBDS(context.victim.classifier, n_shadow_models=16, random_state=context.random_state)
+
+    def run(reserve: np.ndarray, x_all: np.ndarray) -> np.ndarray:
+        detector.fit(context.x_clean[reserve], context.y_clean[reserve])
+        return detector.detect(x_all)[1]
+
+    return _sample_detector_outcome(context, detector._resolve_layer(), run)
+
+
+@register_defence("mbds-fused", "sample-detector",
+                  "MBDS white-box: 16 shadow models fine-tuned from the victim, meta-classifier score or class "
+                  "residual (feature_source='victim+residual')")
+def _mbds_fused(context: EvaluationContext) -> list[DefenceOutcome]:
+    import copy
+
+    from art_backdoor_ext.defences import MBDS
+
+    template = copy.deepcopy(context.victim.classifier.model).cpu()
+    detector = MBDS(context.victim.classifier, model_factory=lambda _i: copy.deepcopy(template), n_shadow_models=16,
+                    feature_source="victim+residual", random_state=context.random_state)
 
     def run(reserve: np.ndarray, x_all: np.ndarray) -> np.ndarray:
         detector.fit(context.x_clean[reserve], context.y_clean[reserve])

@@ -62,11 +62,14 @@ ATTACKS = ("BadNets", "Blended", "Jumbo")
 #: Feature sources reported: the paper's black-box mode, the white-box mode with the shared (randomly initialised)
 #: shadow models, and the white-box mode with shadow models fine-tuned from the victim's own weights (one fit per
 #: victim, ``victim_init_shadows`` of them), whose channels line up with the victim's.
-SOURCES = ("shadow", "victim", "victim, victim-init shadows", "class residual (white-box baseline, no shadows)")
-VICTIM_INIT = SOURCES[2]
+#: ``victim+residual``: MBDS's white-box score or the class residual of the victim's penultimate features, fused
+#: by their ranks among clean calibration scores (``MBDS(feature_source="victim+residual")``).
+SOURCES = ("shadow", "victim", "victim+residual", "victim, victim-init shadows",
+           "victim+residual, victim-init shadows", "class residual (white-box baseline, no shadows)")
+VICTIM_INIT, FUSED_VICTIM_INIT = SOURCES[3], SOURCES[4]
 #: Not MBDS: :class:`~art_backdoor_ext.defences.sample.ClassResidualDetector` on the victim's penultimate layer,
 #: fitted on the same reserve, reported beside MBDS as the comparison that explains where MBDS falls short.
-BASELINE = SOURCES[3]
+BASELINE = SOURCES[5]
 PAPER = ("paper anchor (Table III, F2): CIFAR-10 BadNets 0.947, Blended 0.617, Jumbo 0.776; "
          "MNIST 0.327 / 0.590 / 0.503")
 
@@ -96,7 +99,8 @@ def _mbds(clf: Any, cfg: dict[str, Any], n: int, seed: int) -> MBDS:
 
 
 def _evaluate(det: MBDS | ClassResidualDetector, clf: Any, trigger: Any, target: int, x_test: np.ndarray,
-              y_test: np.ndarray, sources: tuple[str, ...] = ("shadow", "victim")) -> dict[str, dict[str, float]]:
+              y_test: np.ndarray, sources: tuple[str, ...] = ("shadow", "victim", "victim+residual")
+              ) -> dict[str, dict[str, float]]:
     """Per feature source: Accuracy, FAR, FRR, F2 and F2 on effective triggers, with detection seconds."""
     x_trig = trigger(x_test[y_test != target])
     x_eval = np.concatenate([x_test, x_trig])
@@ -154,7 +158,7 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
     per_victim: list[dict[str, Any]] = []
     victims: list[dict[str, Any]] = []
     sweep_scores: list[dict[str, Any]] = []
-    per_victim_fit_s: dict[str, dict[str, list[float]]] = {VICTIM_INIT: {}, BASELINE: {}}
+    per_victim_fit_s: dict[str, dict[str, list[float]]] = {VICTIM_INIT: {}, FUSED_VICTIM_INIT: {}, BASELINE: {}}
     for i, attack in enumerate(ATTACKS):
         for v in range(cfg["victims"]):
             seed = random_state + 100 + 10 * i + v
@@ -168,11 +172,13 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
                     per_victim += [{"attack": attack, "seed": victim_row["seed"], "feature source": src, **m}
                                    for src, m in scores.items()]
             if cfg.get("victim_init_shadows"):
-                metrics, seconds = _victim_initialised(clf, cfg, xr, yr, trigger, target, x_test, y_test,
-                                                       shadow_seed)
-                per_victim.append({"attack": attack, "seed": victim_row["seed"], "feature source": VICTIM_INIT,
-                                   **metrics})
-                per_victim_fit_s[VICTIM_INIT].setdefault(attack, []).append(seconds)
+                by_source, seconds = _victim_initialised(clf, cfg, xr, yr, trigger, target, x_test, y_test,
+                                                         shadow_seed)
+                for name, metrics in ((VICTIM_INIT, by_source["victim"]),
+                                      (FUSED_VICTIM_INIT, by_source["victim+residual"])):
+                    per_victim.append({"attack": attack, "seed": victim_row["seed"], "feature source": name,
+                                       **metrics})
+                    per_victim_fit_s[name].setdefault(attack, []).append(seconds)
             metrics, seconds = _class_residual(clf, xr, yr, trigger, target, x_test, y_test, shadow_seed)
             per_victim.append({"attack": attack, "seed": victim_row["seed"], "feature source": BASELINE, **metrics})
             per_victim_fit_s[BASELINE].setdefault(attack, []).append(seconds)
@@ -193,6 +199,9 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
                      f"({len(yr)} images), {cfg['shadows']} shadow models fitted once and reused for the "
                      f"{cfg['victims']} victims per attack, target FRR 0.05",
                      _calibration_note(fitted[cfg["shadows"]][0]),
+                     "feature source 'victim+residual' (not in the paper): flagged when MBDS's white-box score or "
+                     "the class residual of the victim's penultimate features ranks high among clean calibration "
+                     "scores (the larger rank kept, conformal threshold on the fused calibration scores)",
                      f"feature source '{VICTIM_INIT}': white-box mode with {cfg.get('victim_init_shadows')} shadow "
                      "models fine-tuned from a copy of each victim (model_factory), one fit per victim (fit s: "
                      "its mean); the other two sources share one fit with randomly initialised shadows",
@@ -247,10 +256,11 @@ def _victim(attack: str, seed: int, cfg: dict[str, Any], data: Any, x_att: np.nd
 
 
 def _victim_initialised(clf: Any, cfg: dict[str, Any], xr: np.ndarray, yr: np.ndarray, trigger: Any, target: int,
-                        x_test: np.ndarray, y_test: np.ndarray, seed: int) -> tuple[dict[str, float], float]:
+                        x_test: np.ndarray, y_test: np.ndarray, seed: int
+                        ) -> tuple[dict[str, dict[str, float]], float]:
     """White-box mode with shadow models fine-tuned from a copy of the victim (``model_factory``), fitted for this
-    victim: the meta-classifier then sees the victim's channel layout. Returns the victim-source metrics and
-    this fit's seconds."""
+    victim: the meta-classifier then sees the victim's channel layout. Returns the metrics of the ``victim`` and
+    ``victim+residual`` sources and this fit's seconds."""
     template = copy.deepcopy(clf.model).cpu()
     start = time.perf_counter()
     det = MBDS(clf, model_factory=lambda _i: copy.deepcopy(template), n_shadow_models=cfg["victim_init_shadows"],
@@ -258,7 +268,7 @@ def _victim_initialised(clf: Any, cfg: dict[str, Any], xr: np.ndarray, yr: np.nd
                meta_epochs=cfg["meta_epochs"], random_state=seed)
     det.fit(xr, yr)
     fit_s = time.perf_counter() - start
-    return _evaluate(det, clf, trigger, target, x_test, y_test, sources=("victim",))["victim"], fit_s
+    return _evaluate(det, clf, trigger, target, x_test, y_test, sources=("victim", "victim+residual")), fit_s
 
 
 def _class_residual(clf: Any, xr: np.ndarray, yr: np.ndarray, trigger: Any, target: int, x_test: np.ndarray,

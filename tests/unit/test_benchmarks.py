@@ -99,7 +99,7 @@ def test_mbds_benchmark_tiny_run(monkeypatch):
                                                 "min_asr": 1.01, "redraws": 1})  # no ASR reaches it: all redraw
     report = run_benchmark("mbds", profile="fast")
     means, sweep, speed, per_victim, victims = report.tables.values()
-    assert len(victims) == 6 and len(per_victim) == 24  # 3 attacks x 2 victims x (3 MBDS sources + the baseline)
+    assert len(victims) == 6 and len(per_victim) == 36  # 3 attacks x 2 victims x (5 MBDS sources + the baseline)
     assert [(r["attack"], r["feature source"]) for r in means] == [(a, s) for a in mbds.ATTACKS for s in mbds.SOURCES]
     for row in means:  # each mean row is the mean of its victims' rows
         group = [r for r in per_victim if r["attack"] == row["attack"] and r["feature source"] == row["feature source"]]

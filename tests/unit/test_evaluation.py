@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from art_backdoor_ext import cli
 from art_backdoor_ext.evaluation import (
@@ -226,3 +227,19 @@ def test_survey_defences_rows(badnets_victim, digits):
     assert set(outcome.extra["stages"]) == {"before", "pruned", "fine-pruned"}
     assert 0 < outcome.extra["n_pruned"] < outcome.extra["n_channels"] == 32
     json.loads(EvaluationResult([row], "digits").to_json())
+
+
+def test_mbds_fused_entry_flags_the_patch_and_leaves_the_victim_alone(badnets_victim, digits):
+    """The white-box fused MBDS (shadow models fine-tuned from copies of the victim) through the registry."""
+    _ensure_registered()
+    from art_backdoor_ext.evaluation import _row as make_row
+
+    ctx = EvaluationContext(badnets_victim, digits.x_test, digits.y_test, digits.x_test, digits.y_test, [], 0)
+    before = {k: v.clone() for k, v in badnets_victim.classifier.model.state_dict().items()}
+    spec = DEFENCES["mbds-fused"]
+    (outcome,) = spec.run(ctx)
+    row = make_row("badnets", 0, spec, outcome, badnets_victim, 0.0)
+    assert row.kind == "sample-detector" and len(outcome.is_flagged) == len(outcome.extra["is_backdoor_truth"])
+    assert row.f1 > 0.8  # the class residual alone reaches it on this victim (test above)
+    after = badnets_victim.classifier.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the shadows trained copies, not the victim

@@ -12,9 +12,11 @@ images. Scores:
   classifies right);
 - ``res-pen-tied``: the same at the penultimate layer with one shared full covariance (Ledoit-Wolf shrinkage),
   Lee et al.'s Mahalanobis score;
-- ``A | B``: rank fusion: each score turned into its rank among the calibration part's scores (fraction below),
-  the input's largest rank taken (the other as a tie-break), thresholded at the conformal rank of the calibration
-  part's fused values.
+- ``A | B``: rank fusion (``functional.score_fusion.max_rank_fusion``): each score turned into its rank among the
+  calibration part's scores (fraction below), the input's largest rank taken (the mean as a tie-break), thresholded
+  at the conformal rank of the calibration part's fused values (each ranked among the others);
+- ``library victim+residual``: the library's ``MBDS(feature_source="victim+residual")`` scores and threshold, where
+  the files have them (the offline ``mbds | res-pen`` computed the same way).
 """
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ from sklearn.covariance import LedoitWolf
 from art_backdoor_ext.functional.class_residual import class_means_and_scale, residual_scores
 from art_backdoor_ext.functional.detection import threshold_at_frr
 from art_backdoor_ext.functional.metrics import f_beta, roc_auc
+from art_backdoor_ext.functional.score_fusion import max_rank_fusion
 
 TARGET_FRR = 0.05
 
@@ -60,15 +63,10 @@ def tied_residual(d: dict, layer: str) -> tuple[np.ndarray, np.ndarray]:
     return score("reserve"), score("eval")
 
 
-def ranks(cal: np.ndarray, values: np.ndarray) -> np.ndarray:
-    return np.searchsorted(np.sort(cal), values, side="left") / len(cal)
-
-
 def fuse(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """(calibration, eval) fused scores: the largest calibration rank, the others' mean as a tie-break."""
-    cal_r = np.stack([ranks(c, c) for c, _ in parts])
-    ev_r = np.stack([ranks(c, e) for c, e in parts])
-    return cal_r.max(0) + 1e-3 * cal_r.mean(0), ev_r.max(0) + 1e-3 * ev_r.mean(0)
+    """(calibration, eval) fused scores, as the library fuses them (``functional.score_fusion``)."""
+    cal = [c for c, _ in parts]
+    return (max_rank_fusion(cal, cal, scores_are_calibration=True), max_rank_fusion(cal, [e for _, e in parts]))
 
 
 def evaluate(d: dict, cal: np.ndarray, ev: np.ndarray, threshold: float | None = None) -> tuple[float, ...]:
@@ -91,6 +89,9 @@ def victim_rows(d: dict) -> dict[str, tuple[float, ...]]:
     for combo in (("mbds", "res-pen"), ("mbds", "res-pen-tied"), ("mbds", "res-feat"),
                   ("mbds", "res-pen", "res-feat"), ("res-pen", "res-feat")):
         out[" | ".join(combo)] = evaluate(d, *fuse([comps[c] for c in combo]))
+    if "fused_eval" in d:  # the library's feature_source="victim+residual", as fitted
+        out["library victim+residual"] = evaluate(d, np.zeros(2), d["fused_eval"],
+                                                  threshold=float(d["fused_threshold"]))
     return out
 
 
