@@ -25,8 +25,8 @@ Choices this implementation makes where the paper is silent (each documented in 
   ``"victim+residual"`` (white-box, not in the paper) flags an input when either the ``"victim"`` score or the
   class residual of the victim's penultimate features (:class:`~art_backdoor_ext.defences.sample.
   ClassResidualDetector`, class statistics from the reserve outside the calibration part) is unusually high: each
-  is ranked among the calibration part's clean scores and the larger rank kept
-  (:func:`~art_backdoor_ext.functional.score_fusion.max_rank_fusion`). The meta-classifier finds global blended
+  is ranked among the calibration part's clean scores and the larger rank kept, inputs above every calibration
+  score ordered by how far above (:func:`~art_backdoor_ext.functional.score_fusion.max_rank_fusion`). The meta-classifier finds global blended
   triggers the residual misses; the residual finds local patches the meta-classifier misses (docs/mbds.md).
 - Files written by :meth:`MBDS.save` hold only tensors, lists and one JSON string; :meth:`MBDS.load` reads them
   with ``torch.load(weights_only=True)`` and refuses any file that holds pickled objects.
@@ -330,7 +330,8 @@ class MBDS(ParamsMixin, EvasionDetector):
     def score(self, x: np.ndarray, *, feature_source: str | None = None) -> np.ndarray:
         """
         Backdoor score of each input, higher = more likely backdoored: a probability in ``[0, 1]``, or for
-        ``"victim+residual"`` the larger calibration rank plus a tie-break, in ``[0, 1.001]``.
+        ``"victim+residual"`` the larger calibration rank plus the exceedance past the calibration maximum, in
+        ``[0, 2)`` (:func:`~art_backdoor_ext.functional.score_fusion.max_rank_fusion`).
 
         :param x: Inputs NCHW float32 in the classifier's ``clip_values``.
         :param feature_source: Override ``self.feature_source`` (one of ``"shadow"``, ``"victim"``,

@@ -93,15 +93,25 @@ def test_fused_source_is_the_larger_calibration_rank_of_victim_score_and_class_r
     cal = [fitted.score(xr[idx_cal], feature_source="victim"), residual.score(xr[idx_cal])]
     x_trig = white_patch(xe[ye != 0])
     new = [fitted.score(x_trig, feature_source="victim"), residual.score(x_trig)]
-    # ranks written out here: the fraction of calibration scores strictly below
-    ranks = np.stack([np.mean(c[None, :] < v[:, None], axis=1) for c, v in zip(cal, new)])
-    expected = ranks.max(0) + 1e-3 * ranks.mean(0)
-    np.testing.assert_allclose(fitted.score(x_trig, feature_source="victim+residual"), expected)
-    # the threshold: the conformal rank (3rd highest of 60) of the calibration inputs' fused scores, each ranked
-    # among the other 59
-    loo = np.stack([np.array([np.sum(c < c[i]) for i in range(len(c))]) / (len(c) - 1) for c in cal])
-    fused_cal = np.sort(loo.max(0) + 1e-3 * loo.mean(0))
-    assert fitted.thresholds["victim+residual"] == pytest.approx(fused_cal[-3])
+    # written out here: each score's rank (fraction of calibration scores strictly below) and, above the calibration
+    # maximum, 1 - exp(-distance past it in units of the calibration range); the larger of each kept
+
+    def fused(cal_scores, value_lists, leave_one_out=False):
+        out = []
+        for i in range(len(value_lists[0])):
+            best_rank, best_bonus = 0.0, 0.0
+            for c, values in zip(cal_scores, value_lists):
+                ref = np.delete(c, i) if leave_one_out else c
+                best_rank = max(best_rank, np.mean(ref < values[i]))
+                past = max(0.0, (values[i] - ref.max()) / (ref.max() - ref.min()))
+                best_bonus = max(best_bonus, 1 - np.exp(-past))
+            out.append(best_rank + best_bonus)
+        return np.array(out)
+
+    np.testing.assert_allclose(fitted.score(x_trig, feature_source="victim+residual"), fused(cal, new))
+    # the threshold: the conformal rank (3rd highest of 60) of the calibration inputs' fused scores, each scored
+    # against the other 59
+    assert fitted.thresholds["victim+residual"] == pytest.approx(np.sort(fused(cal, cal, leave_one_out=True))[-3])
     # the residual finds the 2x2 patch the meta-classifier misses: fused recall at least the better of the two
     _, flagged = fitted.detect(x_trig, feature_source="victim+residual")
     _, flagged_victim = fitted.detect(x_trig, feature_source="victim")
@@ -246,7 +256,10 @@ def test_for_classifier_reuses_shadows_and_recalibrates_victim(fitted, split, ba
     assert other.shadow_models[0] is fitted.shadow_models[0]  # nothing retrained
     np.testing.assert_array_equal(other.score(xe), fitted.score(xe))  # shadow mode does not depend on the victim
     assert other.thresholds["shadow"] == before["shadow"] and other.thresholds["victim"] != before["victim"]
-    assert other.thresholds["victim+residual"] != before["victim+residual"]  # the residual is the new victim's
+    # the fused mode's residual statistics and scores are the new classifier's
+    assert not np.allclose(other._residual._means, fitted._residual._means)
+    assert not np.allclose(other.score(xe, feature_source="victim+residual"),
+                           fitted.score(xe, feature_source="victim+residual"))
     np.testing.assert_array_equal(same.score(xe, feature_source="victim+residual"),
                                   fitted.score(xe, feature_source="victim+residual"))
     assert other.classifier is fresh_classifier and fitted.classifier is badnets_victim.classifier

@@ -6,7 +6,7 @@ import pytest
 
 from art_backdoor_ext.exceptions import DataError
 from art_backdoor_ext.functional.detection import threshold_at_frr
-from art_backdoor_ext.functional.score_fusion import TIE_BREAK, calibration_ranks, max_rank_fusion
+from art_backdoor_ext.functional.score_fusion import calibration_ranks, max_rank_fusion, tail_exceedance
 
 
 def test_ranks_count_the_calibration_scores_strictly_below():
@@ -20,11 +20,20 @@ def test_calibration_scores_are_ranked_among_the_others():
     np.testing.assert_allclose(calibration_ranks(calibration, calibration, leave_one_out=True), [1.0, 0.0, 0.5])
 
 
-def test_fusion_keeps_the_largest_rank_and_breaks_ties_by_the_mean():
-    cal_a, cal_b = np.arange(10.0), np.arange(10.0) * 100
-    # input 0: top of a, bottom of b; input 1: top of both; input 2: middle of both
-    fused = max_rank_fusion([cal_a, cal_b], [np.array([20.0, 20.0, 4.5]), np.array([-1.0, 5000.0, 450.0])])
-    np.testing.assert_allclose(fused, [1.0 + TIE_BREAK * 0.5, 1.0 + TIE_BREAK, 0.5 + TIE_BREAK * 0.5])
+def test_exceedance_past_the_calibration_maximum_in_units_of_its_range():
+    calibration = np.array([0.0, 1.0, 2.0, 4.0])  # range 4
+    values = np.array([3.0, 4.0, 8.0, 12.0])
+    np.testing.assert_allclose(tail_exceedance(calibration, values), [0.0, 0.0, 1 - np.exp(-1.0), 1 - np.exp(-2.0)])
+    # leave one out: the maximum 4 is compared with the runner-up 2 over the others' range 2 - 0
+    np.testing.assert_allclose(tail_exceedance(calibration, calibration, leave_one_out=True),
+                               [0.0, 0.0, 0.0, 1 - np.exp(-1.0)])
+
+
+def test_fusion_keeps_the_largest_rank_and_orders_the_top_by_exceedance():
+    cal_a, cal_b = np.arange(10.0), np.arange(10.0) * 100  # ranges 9 and 900
+    # input 0: far above a's calibration, bottom of b; input 1: just above b's; input 2: middle of both
+    fused = max_rank_fusion([cal_a, cal_b], [np.array([18.0, 0.0, 4.5]), np.array([-1.0, 990.0, 450.0])])
+    np.testing.assert_allclose(fused, [1.0 + 1 - np.exp(-1.0), 1.0 + 1 - np.exp(-0.1), 0.5])
 
 
 def test_an_input_extreme_under_one_detector_only_is_flagged():
@@ -49,14 +58,17 @@ def test_conformal_threshold_on_fused_scores_holds_the_target_frr_on_new_clean_i
         realised.append(np.mean(max_rank_fusion(cal, [a[200:], b[200:]]) > threshold))
     # the conformal rank k = floor(201 * 0.05) = 10 gives an expected FRR of at most 10 / 201 = 0.0498
     assert 0.035 < np.mean(realised) <= 0.0498 + 0.003
-    # without the leave-one-out ranks the calibration inputs rank lower than new ones, and the FRR rises
-    naive = []
-    for _ in range(200):
-        z = rng.normal(size=(2200, 2)) @ np.array([[1.0, 0.6], [0.0, 0.8]])
-        cal = [z[:200, 0], z[:200, 1]]
-        threshold = threshold_at_frr(max_rank_fusion(cal, cal), 0.05, method="conformal")
-        naive.append(np.mean(max_rank_fusion(cal, [z[200:, 0], z[200:, 1]]) > threshold))
-    assert np.mean(naive) > np.mean(realised)
+    # a small calibration set, where the threshold usually falls above every calibration score of a detector and
+    # the exceedance orders the top: k = floor(41 * 0.05) = 2, expected FRR at most 2 / 41 = 0.0488
+    small = []
+    for _ in range(400):
+        z = rng.normal(size=(1040, 2)) @ np.array([[1.0, 0.6], [0.0, 0.8]])
+        a, b = z[:, 0], np.exp(z[:, 1])
+        cal = [a[:40], b[:40]]
+        threshold = threshold_at_frr(max_rank_fusion(cal, cal, scores_are_calibration=True), 0.05,
+                                     method="conformal")
+        small.append(np.mean(max_rank_fusion(cal, [a[40:], b[40:]]) > threshold))
+    assert 0.03 < np.mean(small) <= 2 / 41 + 0.004
 
 
 def test_errors():
@@ -68,5 +80,5 @@ def test_errors():
         calibration_ranks(np.arange(3.0), np.arange(2.0), leave_one_out=True)
     with pytest.raises(DataError, match="NaN"):
         calibration_ranks(np.array([0.0, np.nan]), np.arange(2.0))
-    with pytest.raises(DataError, match="at least 2"):
-        calibration_ranks(np.array([0.0]), np.arange(2.0))
+    with pytest.raises(DataError, match="at least 3"):
+        calibration_ranks(np.array([0.0, 1.0]), np.arange(2.0))
