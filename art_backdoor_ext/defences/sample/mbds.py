@@ -26,8 +26,9 @@ Choices this implementation makes where the paper is silent (each documented in 
   class residual of the victim's penultimate features (:class:`~art_backdoor_ext.defences.sample.
   ClassResidualDetector`, class statistics from the reserve outside the calibration part) is unusually high: each
   is ranked among the calibration part's clean scores and the larger rank kept, inputs above every calibration
-  score ordered by how far above (:func:`~art_backdoor_ext.functional.score_fusion.max_rank_fusion`). The meta-classifier finds global blended
-  triggers the residual misses; the residual finds local patches the meta-classifier misses (docs/mbds.md).
+  score ordered by how far above (:func:`~art_backdoor_ext.functional.score_fusion.max_rank_fusion`). The
+  meta-classifier finds global blended triggers the residual misses; the residual finds local patches the
+  meta-classifier misses (docs/mbds.md).
 - Files written by :meth:`MBDS.save` hold only tensors, lists and one JSON string; :meth:`MBDS.load` reads them
   with ``torch.load(weights_only=True)`` and refuses any file that holds pickled objects.
 """
