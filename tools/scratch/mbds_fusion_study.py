@@ -14,9 +14,9 @@ images. Scores:
   Lee et al.'s Mahalanobis score;
 - ``A | B``: rank fusion (``functional.score_fusion.max_rank_fusion``): each score turned into its rank among the
   calibration part's scores (fraction below), the input's largest rank taken (the mean as a tie-break), thresholded
-  at the conformal rank of the calibration part's fused values (each ranked among the others);
-- ``library victim+residual``: the library's ``MBDS(feature_source="victim+residual")`` scores and threshold, where
-  the files have them (the offline ``mbds | res-pen`` computed the same way).
+  at the conformal rank of the calibration part's fused values (each ranked among the others). ``mbds | res-pen``
+  is the library's ``MBDS(feature_source="victim+residual")`` computed from the saved parts (the files'
+  ``fused_eval``, where present, came from an earlier version of the fusion and is not read).
 """
 import sys
 from pathlib import Path
@@ -89,9 +89,6 @@ def victim_rows(d: dict) -> dict[str, tuple[float, ...]]:
     for combo in (("mbds", "res-pen"), ("mbds", "res-pen-tied"), ("mbds", "res-feat"),
                   ("mbds", "res-pen", "res-feat"), ("res-pen", "res-feat")):
         out[" | ".join(combo)] = evaluate(d, *fuse([comps[c] for c in combo]))
-    if "fused_eval" in d:  # the library's feature_source="victim+residual", as fitted
-        out["library victim+residual"] = evaluate(d, np.zeros(2), d["fused_eval"],
-                                                  threshold=float(d["fused_threshold"]))
     return out
 
 
