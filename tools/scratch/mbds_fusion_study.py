@@ -1,6 +1,6 @@
 """Score fusions for MBDS's white-box mode, offline, from the files of ``mbds_fusion_scores.py``.
 
-Usage: ``.venv/bin/python tools/scratch/mbds_fusion_study.py DIR [DIR ...]``
+Usage: ``.venv/bin/python tools/scratch/mbds_fusion_study.py DIR [DIR ...] [--min-asr 0.8]``
 
 Per victim and score: F2 at the split-conformal threshold on MBDS's calibration part of the reserve (target FRR
 0.05), F2 on the triggered inputs the victim sends to its target, AUROC and the realised FRR on the clean test
@@ -92,7 +92,7 @@ def victim_rows(d: dict) -> dict[str, tuple[float, ...]]:
     return out
 
 
-def main(dirs: list[str]) -> None:
+def main(dirs: list[str], min_asr: float = 0.0) -> None:
     table: dict[tuple[str, str], list[tuple[float, ...]]] = {}
     for directory in dirs:
         for path in sorted(Path(directory).glob("*.npz")):
@@ -102,9 +102,11 @@ def main(dirs: list[str]) -> None:
             asr = float(d["effective"][d["is_poison"]].mean())
             print(f"{path.parent.name}/{path.stem} (ASR {asr:.3f}): " + "; ".join(
                 f"{k} {v[0]:.3f}" for k, v in rows.items()), flush=True)
+            if asr < min_asr:
+                continue
             for k, v in rows.items():
                 table.setdefault((attack, k), []).append(v)
-    print("\nmean over victims: F2 / F2 effective / AUROC / FRR (min F2)")
+    print(f"\nmean over victims with ASR >= {min_asr}: F2 / F2 effective / AUROC / FRR (min F2)")
     for score in sorted({k for _, k in table}, key=lambda s: (s.count("|"), s)):
         cells = []
         for attack in ("BadNets", "Blended", "Jumbo"):
@@ -116,4 +118,10 @@ def main(dirs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    floor = 0.0
+    if "--min-asr" in args:  # the means over the victims whose backdoor took (each victim is printed either way)
+        i = args.index("--min-asr")
+        floor = float(args[i + 1])
+        del args[i:i + 2]
+    main(args, floor)
