@@ -127,6 +127,9 @@ class ClassResidualDetector(CalibratedDetector):
         y = check_labels(y, n_samples=len(x), nb_classes=k, name="y", allow_one_hot=True)
         idx_stats, idx_cal = self._split(y)
         kept, fallback = self._fit_statistics(x[idx_stats], y[idx_stats])
+        if fallback:
+            logger.warning("ClassResidualDetector: fewer than 2 correctly classified statistics samples of class(es) "
+                           "%s; their statistics use all their samples", fallback)
         clean = self._score(x[idx_cal], calibration=True)
         self._threshold = threshold_at_frr(clean, self.target_frr, method="conformal")
         self._has_threshold = True
@@ -139,7 +142,7 @@ class ClassResidualDetector(CalibratedDetector):
             "seconds": time.perf_counter() - start})
         logger.info("ClassResidualDetector fitted: %s", self.fit_report_)
 
-    def fit_statistics(self, x: np.ndarray, y: np.ndarray) -> None:
+    def fit_statistics(self, x: np.ndarray, y: np.ndarray) -> list[int]:
         """
         Class statistics only, from all of ``x`` (no reserve split, no threshold): :meth:`score` works afterwards,
         :meth:`detect` needs :meth:`fit`. For callers that calibrate the score themselves (MBDS's
@@ -147,13 +150,16 @@ class ClassResidualDetector(CalibratedDetector):
 
         :param x: Clean labelled samples, NCHW float32 in the classifier's ``clip_values``.
         :param y: Integer labels ``(N,)`` (or one-hot).
+        :return: The classes the classifier gets right fewer than twice, whose statistics use all their samples
+            (:meth:`fit` logs a warning for them; here the caller decides).
         :raises DataError: bad data or labels, a class with fewer than 2 samples.
         """
         x = self._check_x(x)
         y = check_labels(y, n_samples=len(x), nb_classes=int(self.classifier.nb_classes), name="y",
                          allow_one_hot=True)
-        self._fit_statistics(x, y)
+        _, fallback = self._fit_statistics(x, y)
         self._has_threshold = False
+        return fallback
 
     @classmethod
     def from_statistics(cls, classifier: PyTorchClassifier, layer: str, means: np.ndarray, scale: np.ndarray, *,
@@ -196,10 +202,7 @@ class ClassResidualDetector(CalibratedDetector):
         kept = predicted == y
         # a class the classifier gets (almost) never right keeps all its samples rather than none
         fallback = [c for c in range(k) if np.sum(kept & (y == c)) < 2]
-        if fallback:
-            logger.warning("ClassResidualDetector: fewer than 2 correctly classified statistics samples of class(es) "
-                           "%s; their statistics use all their samples", fallback)
-            kept |= np.isin(y, fallback)
+        kept |= np.isin(y, fallback)
         self._layer = layer
         self._means, self._scale = class_means_and_scale(features[kept], y[kept], k)
         self._fitted = True

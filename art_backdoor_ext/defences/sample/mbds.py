@@ -325,7 +325,7 @@ class MBDS(ParamsMixin, EvasionDetector):
             "filters": counts, "shadow_clean_accuracy_mean": float(np.mean(shadow_acc)),
             "shadow_attack_success_mean": float(np.mean(shadow_asr)), "thresholds": dict(self._thresholds),
             "calibration_frr": calibration_frr_summary(len(idx_cal), self.target_frr),
-            "seconds": time.perf_counter() - start})
+            "residual_classes_with_all_samples": self._residual_fallback, "seconds": time.perf_counter() - start})
         logger.info("MBDS fitted: %s", self.fit_report_)
 
     def score(self, x: np.ndarray, *, feature_source: str | None = None) -> np.ndarray:
@@ -542,7 +542,7 @@ class MBDS(ParamsMixin, EvasionDetector):
         self._thresholds["victim"] = _threshold(victim_cal, self.target_frr)
         residual = ClassResidualDetector(self.classifier, batch_size=self.batch_size)
         outside = np.setdiff1d(np.arange(len(x)), idx_cal)
-        residual.fit_statistics(x[outside], y[outside])
+        self._residual_fallback = residual.fit_statistics(x[outside], y[outside])  # in fit_report_, not a warning
         self._residual = residual
         self._fusion_calibration = (victim_cal, residual.score(x[idx_cal]))
         fused = max_rank_fusion(self._fusion_calibration, self._fusion_calibration, scores_are_calibration=True)

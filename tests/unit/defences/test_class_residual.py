@@ -133,12 +133,15 @@ def test_errors(badnets_victim, split, fitted):
 
 
 def test_fit_statistics_scores_like_fit_on_the_same_statistics_part_and_has_no_threshold(fitted, split,
-                                                                                        badnets_victim):
+                                                                                        badnets_victim,
+                                                                                        fresh_classifier):
     (xr, yr), x_eval, _ = split
     stats, _ = fitted._split(yr)
     det = ClassResidualDetector(badnets_victim.classifier)
-    det.fit_statistics(xr[stats], yr[stats])
+    assert det.fit_statistics(xr[stats], yr[stats]) == []  # no class needed all its samples
     np.testing.assert_allclose(det.score(x_eval), fitted.score(x_eval))
+    untrained = ClassResidualDetector(fresh_classifier)
+    assert len(untrained.fit_statistics(xr[stats], yr[stats])) > 0  # an untrained model gets classes wrong
     with pytest.raises(NotFittedError, match="no threshold"):
         det.detect(x_eval)
     with pytest.raises(NotFittedError, match="no threshold"):

@@ -39,6 +39,7 @@ def test_fit_report_and_layer(fitted):
     r = fitted.fit_report_
     assert r["feature_layer"] == "pool" and r["feature_shape"] == [32, 4, 4]
     assert r["reserve_split"] == {"shadow": 150, "meta": 90, "calibration": 60}
+    assert r["residual_classes_with_all_samples"] == []  # the victim gets every class right at least twice
     f = r["filters"]
     assert 0 < f["clean_kept"] <= f["clean"] and 0 < f["poison_kept"] <= f["poison"] - f["poison_target_label_dropped"]
     assert f["meta_training_samples"] == 2 * min(f["clean_kept"], f["poison_kept"])
