@@ -15,6 +15,7 @@ from torch import nn
 from art_backdoor_ext._torch import classifier_device
 from art_backdoor_ext._validation import check_pytorch_classifier
 from art_backdoor_ext.defences.base import to_builtin
+from art_backdoor_ext.defences.sample._mbds_fusion import ResidualFusion
 from art_backdoor_ext.defences.sample._meta import MetaClassifier, state_to_cpu, to_plain
 from art_backdoor_ext.defences.sample.class_residual import ClassResidualDetector
 from art_backdoor_ext.exceptions import DataError
@@ -40,12 +41,14 @@ def save_mbds(detector: MBDS, path: str | os.PathLike) -> None:
             "shadow_states": [state_to_cpu(m) for m in detector._shadow],
             "shadow_mean": detector._shadow_mean.cpu(), "shadow_std": detector._shadow_std.cpu(),
             "victim_mean": detector._victim_mean.cpu(), "victim_std": detector._victim_std.cpu()}
-    residual = detector._residual  # the fused mode's class statistics and calibration scores
-    blob["residual_layer"] = json.dumps(residual._layer)
-    blob["residual_means"], blob["residual_scale"] = torch.from_numpy(residual._means), \
-        torch.from_numpy(residual._scale)
-    blob["fusion_calibration"] = [torch.from_numpy(np.asarray(c, dtype=np.float64)) for c in
-                                  detector._fusion_calibration]
+    fusion = detector._fusion  # the fused mode's class statistics, calibration scores and threshold, if any
+    if isinstance(fusion, ResidualFusion):
+        blob["residual_layer"] = json.dumps(fusion.residual._layer)
+        blob["residual_means"] = torch.from_numpy(fusion.residual._means)
+        blob["residual_scale"] = torch.from_numpy(fusion.residual._scale)
+        blob["fusion_calibration"] = [torch.from_numpy(np.asarray(c, dtype=np.float64)) for c in fusion.calibration]
+    else:
+        blob["fusion_unavailable"] = json.dumps(fusion)
     torch.save(blob, os.fspath(path))
 
 
@@ -93,9 +96,13 @@ def load_mbds(cls: type[MBDS], path: str | os.PathLike, classifier: PyTorchClass
     det._thresholds = {k: float(v) for k, v in config["thresholds"].items()}
     det._split_seed, det._reserve_digest = config.get("split_seed"), config.get("reserve_digest")
     if "residual_means" in blob:  # files written before the fused mode have no residual (that mode then refuses)
-        det._residual = ClassResidualDetector.from_statistics(
+        residual = ClassResidualDetector.from_statistics(
             classifier, json.loads(blob["residual_layer"]), blob["residual_means"].numpy(),
             blob["residual_scale"].numpy(), batch_size=det.batch_size)
-        det._fusion_calibration = tuple(c.numpy() for c in blob["fusion_calibration"])
+        victim_cal, residual_cal = (c.numpy() for c in blob["fusion_calibration"])
+        det._fusion = ResidualFusion(residual, (victim_cal, residual_cal), det._thresholds["victim+residual"])
+    else:
+        det._fusion = json.loads(blob["fusion_unavailable"]) if "fusion_unavailable" in blob else \
+            "the file was saved before this mode existed: fit the detector again"
     det._fitted = True
     return det

@@ -63,6 +63,7 @@ from art_backdoor_ext._validation import (
 )
 from art_backdoor_ext.attacks.jumbo import JumboContamination, JumboDistribution
 from art_backdoor_ext.defences.base import to_builtin
+from art_backdoor_ext.defences.sample._mbds_fusion import ResidualFusion, fit_residual_fusion, fusion_report
 from art_backdoor_ext.defences.sample._mbds_io import load_mbds, save_mbds
 from art_backdoor_ext.defences.sample._meta import (
     MetaClassifier,
@@ -73,11 +74,9 @@ from art_backdoor_ext.defences.sample._meta import (
     probe_model,
     train_meta_classifier,
 )
-from art_backdoor_ext.defences.sample.class_residual import ClassResidualDetector
 from art_backdoor_ext.ensemble import train_ensemble, train_sequential
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError, NotFittedError
 from art_backdoor_ext.functional.detection import calibration_frr_summary, threshold_at_frr
-from art_backdoor_ext.functional.score_fusion import max_rank_fusion
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +218,7 @@ class MBDS(ParamsMixin, EvasionDetector):
         self.verbose = verbose
         self._fitted = False
         self._split_seed: int | None = None
+        self._fusion: ResidualFusion | str = "not fitted"
         self._reserve_digest: str | None = None
         self._check_params()
 
@@ -325,7 +325,7 @@ class MBDS(ParamsMixin, EvasionDetector):
             "filters": counts, "shadow_clean_accuracy_mean": float(np.mean(shadow_acc)),
             "shadow_attack_success_mean": float(np.mean(shadow_asr)), "thresholds": dict(self._thresholds),
             "calibration_frr": calibration_frr_summary(len(idx_cal), self.target_frr),
-            "residual_classes_with_all_samples": self._residual_fallback, "seconds": time.perf_counter() - start})
+            "victim+residual": fusion_report(self._fusion), "seconds": time.perf_counter() - start})
         logger.info("MBDS fitted: %s", self.fit_report_)
 
     def score(self, x: np.ndarray, *, feature_source: str | None = None) -> np.ndarray:
@@ -462,7 +462,7 @@ class MBDS(ParamsMixin, EvasionDetector):
             raise InvalidParameterError(f"feature_source must be one of {', '.join(map(repr, SOURCES))}, got "
                                         f"{source!r}")
         if self._fitted and source not in self._thresholds:
-            raise DataError(f"this detector has no {source!r} mode (a file saved before it existed): fit it again")
+            raise DataError(f"this detector has no {source!r} mode ({self._fusion})")
         return source
 
     def _check_x(self, x: Any, name: str) -> np.ndarray:
@@ -540,13 +540,11 @@ class MBDS(ParamsMixin, EvasionDetector):
         self._victim_mean, self._victim_std = _channel_stats(f_victim)
         victim_cal = self._score(x[idx_cal], "victim")
         self._thresholds["victim"] = _threshold(victim_cal, self.target_frr)
-        residual = ClassResidualDetector(self.classifier, batch_size=self.batch_size)
-        outside = np.setdiff1d(np.arange(len(x)), idx_cal)
-        self._residual_fallback = residual.fit_statistics(x[outside], y[outside])  # in fit_report_, not a warning
-        self._residual = residual
-        self._fusion_calibration = (victim_cal, residual.score(x[idx_cal]))
-        fused = max_rank_fusion(self._fusion_calibration, self._fusion_calibration, scores_are_calibration=True)
-        self._thresholds["victim+residual"] = _threshold(fused, self.target_frr)
+        self._fusion = fit_residual_fusion(self.classifier, x, y, idx_cal, victim_cal, self.target_frr,
+                                           self.batch_size)
+        self._thresholds.pop("victim+residual", None)
+        if isinstance(self._fusion, ResidualFusion):
+            self._thresholds["victim+residual"] = self._fusion.threshold
 
     def _victim_features(self, x: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         classifier = self.classifier
@@ -556,8 +554,8 @@ class MBDS(ParamsMixin, EvasionDetector):
 
     def _score(self, x: np.ndarray, source: str) -> np.ndarray:
         device = classifier_device(self.classifier)
-        if source == "victim+residual":
-            return max_rank_fusion(self._fusion_calibration, [self._score(x, "victim"), self._residual.score(x)])
+        if source == "victim+residual" and isinstance(self._fusion, ResidualFusion):
+            return self._fusion.score(self._score(x, "victim"), x)
         if source == "victim":
             feats, _ = self._victim_features(x)
             return meta_probabilities(self._meta, _normalise(feats, self._victim_mean, self._victim_std),

@@ -39,7 +39,8 @@ def test_fit_report_and_layer(fitted):
     r = fitted.fit_report_
     assert r["feature_layer"] == "pool" and r["feature_shape"] == [32, 4, 4]
     assert r["reserve_split"] == {"shadow": 150, "meta": 90, "calibration": 60}
-    assert r["residual_classes_with_all_samples"] == []  # the victim gets every class right at least twice
+    # the victim gets every class right at least twice: no class's residual statistics use all its samples
+    assert r["victim+residual"] == {"residual_layer": "relu3", "classes_with_all_samples": []}
     f = r["filters"]
     assert 0 < f["clean_kept"] <= f["clean"] and 0 < f["poison_kept"] <= f["poison"] - f["poison_target_label_dropped"]
     assert f["meta_training_samples"] == 2 * min(f["clean_kept"], f["poison_kept"])
@@ -139,8 +140,29 @@ def test_save_load_round_trip(fitted, split, badnets_victim, tmp_path):
     torch.save(blob, tmp_path / "old.pt")
     old = MBDS.load(tmp_path / "old.pt", badnets_victim.classifier)
     np.testing.assert_array_equal(old.score(xe, feature_source="victim"), fitted.score(xe, feature_source="victim"))
-    with pytest.raises(DataError, match="fit it again"):
+    with pytest.raises(DataError, match="fit the detector again"):
         old.detect(xe, feature_source="victim+residual")
+
+
+def test_fused_mode_unavailable_on_a_reserve_too_small_for_class_statistics(badnets_victim, digits, tmp_path):
+    """A class with a single sample outside the calibration part gives no residual spread: the fused mode is
+    refused with the reason, the other modes work, and the reason survives save/load."""
+    x, y = digits.x_test, digits.y_test
+    keep = np.flatnonzero(y != 3)[:200]
+    threes = np.flatnonzero(y == 3)[:2]  # one lands in the calibration part, one outside it
+    xr, yr = x[np.r_[keep, threes]], y[np.r_[keep, threes]]
+    mbds = MBDS(badnets_victim.classifier, random_state=0, **{**FAST, "n_shadow_models": 2, "shadow_epochs": 5,
+                                                              "meta_epochs": 3, "calibration_fraction": 0.5})
+    mbds.fit(xr, yr)
+    assert "unavailable" in mbds.fit_report_["victim+residual"] and "victim+residual" not in mbds.thresholds
+    _, flagged = mbds.detect(x[300:], feature_source="victim")
+    assert flagged.shape == (len(x) - 300,)
+    with pytest.raises(DataError, match="no 'victim\\+residual' mode .*at least 2 clean samples"):
+        mbds.detect(x[300:], feature_source="victim+residual")
+    mbds.save(tmp_path / "small.pt")
+    loaded = MBDS.load(tmp_path / "small.pt", badnets_victim.classifier)
+    with pytest.raises(DataError, match="at least 2 clean samples"):
+        loaded.detect(x[300:], feature_source="victim+residual")
 
 
 class _Evil:
@@ -258,7 +280,7 @@ def test_for_classifier_reuses_shadows_and_recalibrates_victim(fitted, split, ba
     np.testing.assert_array_equal(other.score(xe), fitted.score(xe))  # shadow mode does not depend on the victim
     assert other.thresholds["shadow"] == before["shadow"] and other.thresholds["victim"] != before["victim"]
     # the fused mode's residual statistics and scores are the new classifier's
-    assert not np.allclose(other._residual._means, fitted._residual._means)
+    assert not np.allclose(other._fusion.residual._means, fitted._fusion.residual._means)
     assert not np.allclose(other.score(xe, feature_source="victim+residual"),
                            fitted.score(xe, feature_source="victim+residual"))
     np.testing.assert_array_equal(same.score(xe, feature_source="victim+residual"),

@@ -1,0 +1,70 @@
+"""MBDS's ``feature_source="victim+residual"``: the white-box meta-classifier score fused with the class residual.
+
+:class:`ResidualFusion` holds what the fused mode needs besides MBDS itself: a
+:class:`~art_backdoor_ext.defences.sample.ClassResidualDetector` with class statistics of the victim's penultimate
+features (from the reserve outside MBDS's calibration part), the two scores of the calibration part, and the
+threshold at the split-conformal rank of their fused values
+(:func:`~art_backdoor_ext.functional.score_fusion.max_rank_fusion`). :func:`fit_residual_fusion` builds it, or
+returns why it cannot (a reserve class with fewer than two samples outside the calibration part, a model without
+a penultimate layer): MBDS then offers its other modes and names the reason when the fused one is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from art.estimators.classification import PyTorchClassifier
+
+from art_backdoor_ext.defences.sample.class_residual import ClassResidualDetector
+from art_backdoor_ext.exceptions import DataError, InvalidParameterError
+from art_backdoor_ext.functional.detection import threshold_at_frr
+from art_backdoor_ext.functional.score_fusion import max_rank_fusion
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ResidualFusion", "fit_residual_fusion", "fusion_report"]
+
+
+@dataclass
+class ResidualFusion:
+    """The fused mode's residual detector, calibration scores (``victim``, ``residual``) and threshold."""
+
+    residual: ClassResidualDetector
+    calibration: tuple[np.ndarray, np.ndarray]
+    threshold: float
+    classes_with_all_samples: list[int] = field(default_factory=list)
+
+    def score(self, victim_scores: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Fused scores of ``x``, given MBDS's white-box scores of the same inputs."""
+        return max_rank_fusion(self.calibration, [victim_scores, self.residual.score(x)])
+
+
+def fit_residual_fusion(classifier: PyTorchClassifier, x: np.ndarray, y: np.ndarray, idx_cal: np.ndarray,
+                        victim_cal: np.ndarray, target_frr: float, batch_size: int) -> ResidualFusion | str:
+    """
+    The fused mode for ``classifier``, or the reason it cannot be built.
+
+    :param x: The validated reserve; ``y`` its integer labels.
+    :param idx_cal: MBDS's calibration part (the residual's statistics come from the rest).
+    :param victim_cal: MBDS's white-box scores of the calibration part.
+    """
+    residual = ClassResidualDetector(classifier, batch_size=batch_size)
+    outside = np.setdiff1d(np.arange(len(x)), idx_cal)
+    try:
+        fallback = residual.fit_statistics(x[outside], y[outside])
+    except (DataError, InvalidParameterError) as err:
+        logger.info("MBDS: no victim+residual mode (%s)", err)
+        return str(err)
+    calibration = (np.asarray(victim_cal, dtype=np.float64), residual.score(x[idx_cal]))
+    fused = max_rank_fusion(calibration, calibration, scores_are_calibration=True)
+    return ResidualFusion(residual, calibration, threshold_at_frr(fused, target_frr, method="conformal"), fallback)
+
+
+def fusion_report(fusion: ResidualFusion | str) -> dict[str, object]:
+    """The fused mode's part of ``MBDS.fit_report_``: its residual layer and the classes whose statistics use all
+    their samples (the victim gets them right fewer than twice), or why the mode is unavailable."""
+    if isinstance(fusion, ResidualFusion):
+        return {"residual_layer": fusion.residual._layer, "classes_with_all_samples": fusion.classes_with_all_samples}
+    return {"unavailable": fusion}
