@@ -2,11 +2,13 @@
 
 :class:`ResidualFusion` holds what the fused mode needs besides MBDS itself: a
 :class:`~art_backdoor_ext.defences.sample.ClassResidualDetector` with class statistics of the victim's penultimate
-features (from the reserve outside MBDS's calibration part), the two scores of the calibration part, and the
-threshold at the split-conformal rank of their fused values
-(:func:`~art_backdoor_ext.functional.score_fusion.max_rank_fusion`). :func:`fit_residual_fusion` builds it, or
-returns why it cannot (a reserve class with fewer than two samples outside the calibration part, a model without
-a penultimate layer): MBDS then offers its other modes and names the reason when the fused one is asked for.
+features (from the reserve outside MBDS's calibration part), and the two scores' split-conformal thresholds at half
+the target FRR each on MBDS's calibration part, with their units
+(:func:`~art_backdoor_ext.functional.score_fusion.union_thresholds`). The fused score is the margin above the nearer
+threshold (:func:`~art_backdoor_ext.functional.score_fusion.union_margin`); an input is flagged when it is positive.
+:func:`fit_residual_fusion` builds it, or returns why it cannot (a reserve class with fewer than two samples outside
+the calibration part, a model without a penultimate layer): MBDS then offers its other modes and names the reason
+when the fused one is asked for.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from art.estimators.classification import PyTorchClassifier
 
 from art_backdoor_ext.defences.sample.class_residual import ClassResidualDetector
 from art_backdoor_ext.exceptions import DataError, InvalidParameterError
-from art_backdoor_ext.functional.detection import threshold_at_frr
-from art_backdoor_ext.functional.score_fusion import max_rank_fusion
+from art_backdoor_ext.functional.score_fusion import union_margin, union_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +30,18 @@ __all__ = ["ResidualFusion", "fit_residual_fusion", "fusion_report"]
 
 @dataclass
 class ResidualFusion:
-    """The fused mode's residual detector, calibration scores (``victim``, ``residual``) and threshold."""
+    """The fused mode's residual detector and the per-score thresholds and units (``victim``, ``residual``)."""
 
     residual: ClassResidualDetector
-    calibration: tuple[np.ndarray, np.ndarray]
-    threshold: float
+    thresholds: np.ndarray
+    scales: np.ndarray
     classes_with_all_samples: list[int] = field(default_factory=list)
+    #: The fused score is a margin: inputs above 0 are flagged.
+    threshold: float = 0.0
 
     def score(self, victim_scores: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Fused scores of ``x``, given MBDS's white-box scores of the same inputs."""
-        return max_rank_fusion(self.calibration, [victim_scores, self.residual.score(x)])
+        """Fused scores (margins) of ``x``, given MBDS's white-box scores of the same inputs."""
+        return union_margin([victim_scores, self.residual.score(x)], self.thresholds, self.scales)
 
 
 def fit_residual_fusion(classifier: PyTorchClassifier, x: np.ndarray, y: np.ndarray, idx_cal: np.ndarray,
@@ -57,9 +60,8 @@ def fit_residual_fusion(classifier: PyTorchClassifier, x: np.ndarray, y: np.ndar
     except (DataError, InvalidParameterError) as err:
         logger.info("MBDS: no victim+residual mode (%s)", err)
         return str(err)
-    calibration = (np.asarray(victim_cal, dtype=np.float64), residual.score(x[idx_cal]))
-    fused = max_rank_fusion(calibration, calibration, scores_are_calibration=True)
-    return ResidualFusion(residual, calibration, threshold_at_frr(fused, target_frr, method="conformal"), fallback)
+    thresholds, scales = union_thresholds([victim_cal, residual.score(x[idx_cal])], target_frr)
+    return ResidualFusion(residual, thresholds, scales, fallback)
 
 
 def fusion_report(fusion: ResidualFusion | str) -> dict[str, object]:

@@ -46,7 +46,8 @@ def save_mbds(detector: MBDS, path: str | os.PathLike) -> None:
         blob["residual_layer"] = json.dumps(fusion.residual._layer)
         blob["residual_means"] = torch.from_numpy(fusion.residual._means)
         blob["residual_scale"] = torch.from_numpy(fusion.residual._scale)
-        blob["fusion_calibration"] = [torch.from_numpy(np.asarray(c, dtype=np.float64)) for c in fusion.calibration]
+        blob["fusion_thresholds"] = torch.from_numpy(np.asarray(fusion.thresholds, dtype=np.float64))
+        blob["fusion_scales"] = torch.from_numpy(np.asarray(fusion.scales, dtype=np.float64))
     else:
         blob["fusion_unavailable"] = json.dumps(fusion)
     torch.save(blob, os.fspath(path))
@@ -99,8 +100,7 @@ def load_mbds(cls: type[MBDS], path: str | os.PathLike, classifier: PyTorchClass
         residual = ClassResidualDetector.from_statistics(
             classifier, json.loads(blob["residual_layer"]), blob["residual_means"].numpy(),
             blob["residual_scale"].numpy(), batch_size=det.batch_size)
-        victim_cal, residual_cal = (c.numpy() for c in blob["fusion_calibration"])
-        det._fusion = ResidualFusion(residual, (victim_cal, residual_cal), det._thresholds["victim+residual"])
+        det._fusion = ResidualFusion(residual, blob["fusion_thresholds"].numpy(), blob["fusion_scales"].numpy())
     else:
         det._fusion = json.loads(blob["fusion_unavailable"]) if "fusion_unavailable" in blob else \
             "the file was saved before this mode existed: fit the detector again"

@@ -24,11 +24,10 @@ Choices this implementation makes where the paper is silent (each documented in 
   probability over every shadow extractor; ``"victim"`` (white-box) uses the classifier's own feature map.
   ``"victim+residual"`` (white-box, not in the paper) flags an input when either the ``"victim"`` score or the
   class residual of the victim's penultimate features (:class:`~art_backdoor_ext.defences.sample.
-  ClassResidualDetector`, class statistics from the reserve outside the calibration part) is unusually high: each
-  is ranked among the calibration part's clean scores and the larger rank kept, inputs above every calibration
-  score ordered by how far above (:func:`~art_backdoor_ext.functional.score_fusion.max_rank_fusion`). The
-  meta-classifier finds global blended triggers the residual misses; the residual finds local patches the
-  meta-classifier misses (docs/mbds.md).
+  ClassResidualDetector`, class statistics from the reserve outside the calibration part) is above its own
+  split-conformal threshold at half the target FRR on the calibration part (a Bonferroni union,
+  :mod:`~art_backdoor_ext.functional.score_fusion`). The meta-classifier finds global blended triggers the
+  residual misses; the residual finds local patches the meta-classifier misses (docs/mbds.md).
 - Files written by :meth:`MBDS.save` hold only tensors, lists and one JSON string; :meth:`MBDS.load` reads them
   with ``torch.load(weights_only=True)`` and refuses any file that holds pickled objects.
 """
@@ -110,8 +109,8 @@ class MBDS(ParamsMixin, EvasionDetector):
         ``(D, 1, 1)``.
     :param feature_source: ``"shadow"`` (black-box: mean score over the shadow extractors), ``"victim"``
         (white-box: the classifier's own feature map at ``feature_layer``) or ``"victim+residual"`` (white-box:
-        ``"victim"`` or the class residual of the penultimate features, whichever ranks higher among clean
-        calibration scores; see the module doc).
+        ``"victim"`` or the class residual of the penultimate features, each at half the target FRR; see the
+        module doc).
     :param target_frr: Bound on the expected false rejection rate on new clean inputs: the threshold is the
         ``floor((n + 1) target_frr)``-th highest score of the ``n`` held-out clean calibration samples.
     :param distribution: The :class:`JumboDistribution` of backdoor settings (``None``: MNTD's defaults).
@@ -331,8 +330,8 @@ class MBDS(ParamsMixin, EvasionDetector):
     def score(self, x: np.ndarray, *, feature_source: str | None = None) -> np.ndarray:
         """
         Backdoor score of each input, higher = more likely backdoored: a probability in ``[0, 1]``, or for
-        ``"victim+residual"`` the larger calibration rank plus the exceedance past the calibration maximum, in
-        ``[0, 2)`` (:func:`~art_backdoor_ext.functional.score_fusion.max_rank_fusion`).
+        ``"victim+residual"`` the margin above the nearer of the two scores' thresholds, in units of each score's
+        clean spread (positive = flagged; :func:`~art_backdoor_ext.functional.score_fusion.union_margin`).
 
         :param x: Inputs NCHW float32 in the classifier's ``clip_values``.
         :param feature_source: Override ``self.feature_source`` (one of ``"shadow"``, ``"victim"``,

@@ -85,8 +85,8 @@ def test_victim_feature_source_runs(fitted, split):
         fitted.detect(xe, foo=1)
 
 
-def test_fused_source_is_the_larger_calibration_rank_of_victim_score_and_class_residual(fitted, split,
-                                                                                       badnets_victim):
+def test_fused_source_flags_inputs_above_either_scores_threshold_at_half_the_target(fitted, split,
+                                                                                      badnets_victim):
     (xr, yr), (xe, ye) = split
     _, _, idx_cal = fitted._split(yr, fitted._split_seed)
     outside = np.setdiff1d(np.arange(len(yr)), idx_cal)
@@ -95,27 +95,17 @@ def test_fused_source_is_the_larger_calibration_rank_of_victim_score_and_class_r
     cal = [fitted.score(xr[idx_cal], feature_source="victim"), residual.score(xr[idx_cal])]
     x_trig = white_patch(xe[ye != 0])
     new = [fitted.score(x_trig, feature_source="victim"), residual.score(x_trig)]
-    # written out here: each score's rank (fraction of calibration scores strictly below) and, above the calibration
-    # maximum, 1 - exp(-distance past it in units of the calibration range); the larger of each kept
-
-    def fused(cal_scores, value_lists, leave_one_out=False):
-        out = []
-        for i in range(len(value_lists[0])):
-            best_rank, best_bonus = 0.0, 0.0
-            for c, values in zip(cal_scores, value_lists):
-                ref = np.delete(c, i) if leave_one_out else c
-                best_rank = max(best_rank, np.mean(ref < values[i]))
-                past = max(0.0, (values[i] - ref.max()) / (ref.max() - ref.min()))
-                best_bonus = max(best_bonus, 1 - np.exp(-past))
-            out.append(best_rank + best_bonus)
-        return np.array(out)
-
-    np.testing.assert_allclose(fitted.score(x_trig, feature_source="victim+residual"), fused(cal, new))
-    # the threshold: the conformal rank (3rd highest of 60) of the calibration inputs' fused scores, each scored
-    # against the other 59
-    assert fitted.thresholds["victim+residual"] == pytest.approx(np.sort(fused(cal, cal, leave_one_out=True))[-3])
-    # the residual finds the 2x2 patch the meta-classifier misses: fused recall at least the better of the two
+    # written out here: each score's threshold at half the 5% target on 60 calibration images is its highest
+    # calibration score (k = floor(61 * 0.025) = 1), its unit the threshold's distance above the calibration
+    # median; the fused score is the larger margin
+    thresholds = np.array([np.sort(c)[-1] for c in cal])
+    scales = thresholds - np.array([np.median(c) for c in cal])
+    expected = np.max([(v - t) / u for v, t, u in zip(new, thresholds, scales)], axis=0)
+    np.testing.assert_allclose(fitted.score(x_trig, feature_source="victim+residual"), expected)
+    assert fitted.thresholds["victim+residual"] == 0.0
     _, flagged = fitted.detect(x_trig, feature_source="victim+residual")
+    np.testing.assert_array_equal(flagged, (new[0] > thresholds[0]) | (new[1] > thresholds[1]))
+    # the residual finds the 2x2 patch the meta-classifier misses: fused recall at least the better of the two
     _, flagged_victim = fitted.detect(x_trig, feature_source="victim")
     assert flagged.mean() >= 0.8 and flagged.mean() >= flagged_victim.mean()
     _, clean_flagged = fitted.detect(xe, feature_source="victim+residual")
@@ -132,7 +122,7 @@ def test_save_load_round_trip(fitted, split, badnets_victim, tmp_path):
     assert loaded.thresholds == fitted.thresholds and loaded.get_params()["n_shadow_models"] == 12
     # a file written before the fused mode existed loads, and refuses that mode with a clear error
     blob = torch.load(path, weights_only=True)
-    for key in ("residual_layer", "residual_means", "residual_scale", "fusion_calibration"):
+    for key in ("residual_layer", "residual_means", "residual_scale", "fusion_thresholds", "fusion_scales"):
         del blob[key]
     config = json.loads(blob["config"])
     del config["thresholds"]["victim+residual"]
