@@ -63,7 +63,7 @@ ATTACKS = ("BadNets", "Blended", "Jumbo")
 #: shadow models, and the white-box mode with shadow models fine-tuned from the victim's own weights (one fit per
 #: victim, ``victim_init_shadows`` of them), whose channels line up with the victim's.
 #: ``victim+residual``: MBDS's white-box score or the class residual of the victim's penultimate features, fused
-#: by their ranks among clean calibration scores (``MBDS(feature_source="victim+residual")``).
+#: as a union, each at its own conformal threshold at half the target FRR (``MBDS(feature_source="victim+residual")``).
 SOURCES = ("shadow", "victim", "victim+residual", "victim, victim-init shadows",
            "victim+residual, victim-init shadows", "class residual (white-box baseline, no shadows)")
 VICTIM_INIT, FUSED_VICTIM_INIT = SOURCES[3], SOURCES[4]
@@ -200,8 +200,8 @@ def bench_mbds(*, profile: str, random_state: int, verbose: bool, models: int | 
                      f"{cfg['victims']} victims per attack, target FRR 0.05",
                      _calibration_note(fitted[cfg["shadows"]][0]),
                      "feature source 'victim+residual' (not in the paper): flagged when MBDS's white-box score or "
-                     "the class residual of the victim's penultimate features ranks high among clean calibration "
-                     "scores (the larger rank kept, conformal threshold on the fused calibration scores)",
+                     "the class residual of the victim's penultimate features is above its own split-conformal "
+                     "threshold at half the target FRR (a union: expected FRR at most the target)",
                      f"feature source '{VICTIM_INIT}': white-box mode with {cfg.get('victim_init_shadows')} shadow "
                      "models fine-tuned from a copy of each victim (model_factory), one fit per victim (fit s: "
                      "its mean); the other two sources share one fit with randomly initialised shadows",
