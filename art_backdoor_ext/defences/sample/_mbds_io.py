@@ -41,7 +41,7 @@ def save_mbds(detector: MBDS, path: str | os.PathLike) -> None:
             "shadow_states": [state_to_cpu(m) for m in detector._shadow],
             "shadow_mean": detector._shadow_mean.cpu(), "shadow_std": detector._shadow_std.cpu(),
             "victim_mean": detector._victim_mean.cpu(), "victim_std": detector._victim_std.cpu()}
-    fusion = detector._fusion  # the fused mode's class statistics, calibration scores and threshold, if any
+    fusion = detector._fusion  # the fused mode: class statistics and the two thresholds with their units, if any
     if isinstance(fusion, ResidualFusion):
         blob["residual_layer"] = json.dumps(fusion.residual._layer)
         blob["residual_means"] = torch.from_numpy(fusion.residual._means)
