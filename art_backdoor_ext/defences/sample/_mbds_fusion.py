@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from art.estimators.classification import PyTorchClassifier
@@ -37,7 +38,7 @@ class ResidualFusion:
     scales: np.ndarray
     classes_with_all_samples: list[int] = field(default_factory=list)
     #: The fused score is a margin: inputs above 0 are flagged.
-    threshold: float = 0.0
+    threshold: ClassVar[float] = 0.0
 
     def score(self, victim_scores: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Fused scores (margins) of ``x``, given MBDS's white-box scores of the same inputs."""
@@ -68,5 +69,6 @@ def fusion_report(fusion: ResidualFusion | str) -> dict[str, object]:
     """The fused mode's part of ``MBDS.fit_report_``: its residual layer and the classes whose statistics use all
     their samples (the victim gets them right fewer than twice), or why the mode is unavailable."""
     if isinstance(fusion, ResidualFusion):
-        return {"residual_layer": fusion.residual._layer, "classes_with_all_samples": fusion.classes_with_all_samples}
+        return {"residual_layer": fusion.residual.statistics[0],
+                "classes_with_all_samples": fusion.classes_with_all_samples}
     return {"unavailable": fusion}

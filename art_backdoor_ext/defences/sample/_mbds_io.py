@@ -43,9 +43,9 @@ def save_mbds(detector: MBDS, path: str | os.PathLike) -> None:
             "victim_mean": detector._victim_mean.cpu(), "victim_std": detector._victim_std.cpu()}
     fusion = detector._fusion  # the fused mode: class statistics and the two thresholds with their units, if any
     if isinstance(fusion, ResidualFusion):
-        blob["residual_layer"] = json.dumps(fusion.residual._layer)
-        blob["residual_means"] = torch.from_numpy(fusion.residual._means)
-        blob["residual_scale"] = torch.from_numpy(fusion.residual._scale)
+        layer, means, scale = fusion.residual.statistics
+        blob["residual_layer"] = json.dumps(layer)
+        blob["residual_means"], blob["residual_scale"] = torch.from_numpy(means), torch.from_numpy(scale)
         blob["fusion_thresholds"] = torch.from_numpy(np.asarray(fusion.thresholds, dtype=np.float64))
         blob["fusion_scales"] = torch.from_numpy(np.asarray(fusion.scales, dtype=np.float64))
     else:

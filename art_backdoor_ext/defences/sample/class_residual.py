@@ -175,6 +175,13 @@ class ClassResidualDetector(CalibratedDetector):
         det._means, det._scale, det._fitted = means, scale, True
         return det
 
+    @property
+    def statistics(self) -> tuple[str, np.ndarray, np.ndarray]:
+        """``(layer, means, scale)``: the class statistics :meth:`fit` or :meth:`fit_statistics` set (what
+        :meth:`from_statistics` takes back)."""
+        self._require_fitted()
+        return self._layer, self._means, self._scale
+
     def detect(self, x: np.ndarray, batch_size: int = 128, **kwargs: Any) -> tuple[dict[str, Any], np.ndarray]:
         """As :meth:`CalibratedDetector.detect`; after :meth:`fit_statistics` alone (no threshold) it raises
         :class:`~art_backdoor_ext.exceptions.NotFittedError`."""
