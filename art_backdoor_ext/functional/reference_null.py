@@ -22,9 +22,10 @@ The degrees of freedom are counted in models, not in the ``K (R - 1)`` residuals
 classes of one model move together (the centring alone ties them), and the tails of clean models' largest ``z``
 are heavier than ``K (R - 1)`` degrees of freedom allow. Measured on 28 clean Fashion-MNIST models (references
 drawn from the others): with ``K (R - 1)`` degrees of freedom 10-12% were flagged at 0.05, with ``R - 1`` about
-0.4% (docs/benchmarks.md, "Clean reference models: a per-class null instead of the per-model one"). The test assumes the references are trained like the
-scanned model (architecture, data distribution, training recipe); references trained otherwise shift ``m`` and
-make the test flag or miss for that reason alone.
+0.4% (docs/benchmarks.md, "Clean reference models: a per-class null instead of the per-model one").
+
+The test assumes the references are trained like the scanned model (architecture, data distribution, training
+recipe); references trained otherwise shift ``m`` and make the test flag or miss for that reason alone.
 """
 
 from __future__ import annotations
