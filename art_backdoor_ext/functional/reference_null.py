@@ -81,7 +81,7 @@ def reference_zscores(values: ArrayLike, references: ArrayLike) -> tuple[np.ndar
         raise DataError(f"the reference null needs at least {MIN_REFERENCES} reference models, got {n_refs}")
     mean = refs.mean(axis=0)
     spread = np.sqrt(((refs - mean) ** 2).sum(axis=(0, 2)) / (k * (n_refs - 1)))
-    if np.any(spread <= 0):
+    if np.any(spread <= 1e-12 * (1.0 + np.abs(mean).max())):  # rounding aside, no spread
         raise DataError("the reference models have identical statistics at some layer (copies of one model?)")
     z = (a - mean) / (spread[:, None] * np.sqrt(1.0 + 1.0 / n_refs))
     return z, n_refs - 1

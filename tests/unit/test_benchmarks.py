@@ -303,7 +303,35 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
         for name in cepa.SAVED_STATISTICS:  # every victim's per-target statistics, per layer
             assert report.arrays[f"{victim['group']}/{victim['seed']}/relu3/{name}"].shape == (10,)
     assert any("decided by statistic='sigma' (CEPA's default)" in note for note in report.notes)
+    assert any("reference test: not run" in note for note in report.notes)  # one clean model: no references
     json.dumps(report.to_dict())
+
+
+def test_cepa_reference_rows_test_each_victim_against_the_other_clean_models():
+    from art_backdoor_ext.benchmarks.cepa import _reference_rows
+
+    rng = np.random.default_rng(0)
+    profile = np.r_[np.ones(8), 2.0, 1.0]  # class 8 naturally easy (large 1 / sigma) in every clean model
+
+    def inv() -> np.ndarray:
+        return np.stack([profile, profile]) * np.exp(rng.normal(0, 0.05, (2, 10)))
+
+    scanned = [("clean", 400 + i, None, None, inv()) for i in range(6)]
+    planted = inv()
+    planted[0, 3] *= 3.0
+    failed = inv()
+    failed[0, 5] *= 3.0
+    scanned = [("patch", 0, 3, 0.9, planted), ("patch", 1, 5, 0.1, failed)] + scanned
+    rows = [{"attack": "patch"}, {"attack": "clean"}]
+    victims = [{} for _ in scanned]
+    note = _reference_rows(rows, victims, scanned, 0.05)
+    assert "6 clean models" in note
+    assert rows[0]["reference: target found (attack took)"] == 1.0  # the failed attack is not counted
+    assert rows[1]["reference: false detection"] == 0.0  # each clean model against the other five
+    assert victims[0]["reference (p -> target)"].endswith("-> 3")
+    assert float(victims[1]["reference (p -> target)"].split(" -> ")[0]) < 0.05
+    few = _reference_rows([{"attack": "clean"}], [{}] * 3, scanned[2:5], 0.05)
+    assert "not run" in few and "at least 4" in few
 
 
 def test_cepa_per_layer_column_ranks_the_true_target_by_the_detection_statistic():
