@@ -305,6 +305,15 @@ def extract_features(
     return {name: np.concatenate(parts, axis=0) for name, parts in collected.items()}
 
 
+def reset_parameters(model: nn.Module) -> nn.Module:
+    """Fresh weights in ``model``, in place: every submodule's ``reset_parameters()`` (seed torch first to repeat
+    a draw); returns ``model``."""
+    for module in model.modules():
+        if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
+            module.reset_parameters()
+    return model
+
+
 def deepcopy_classifier(classifier: PyTorchClassifier) -> PyTorchClassifier:
     """``copy.deepcopy(classifier)`` that also works after ART's ``get_activations`` has run on it.
 

@@ -70,6 +70,8 @@ class EvaluationContext:
     layers: list[str]
     random_state: int | None
     verbose: bool = False
+    #: The dataset's name (``run_grid`` sets it): defences that train models of their own follow its schedule.
+    dataset: str | None = None
 
 
 @dataclass
@@ -245,6 +247,12 @@ def _summary_cell(kind: str, rows: list[ResultRow], *, clean: bool = False) -> s
     return f"{np.mean(f1):.3f}" if f1 else "-"
 
 
+def training_schedule(dataset: str) -> tuple[int, float]:
+    """(epochs, learning rate) of the reference network of ``dataset`` (the victims' and any model a defence
+    trains like them)."""
+    return (20, 3e-3) if dataset == "digits" else (5, 1e-3)
+
+
 def train_reference_victim(
     attack: str, *, dataset: str = "digits", random_state: int = 0, rate: float = 0.05, target: int = 0,
     nb_epochs: int | None = None, data: Any = None, verbose: bool = False,
@@ -258,8 +266,8 @@ def train_reference_victim(
     _check_attacks([attack])
     data = data if data is not None else load_dataset(dataset)
     arch = {"digits": "digits-cnn", "fashion-mnist": "badnets-cnn", "mnist": "badnets-cnn"}.get(data.name, "cifar-cnn")
-    epochs = nb_epochs if nb_epochs is not None else (20 if data.name == "digits" else 5)
-    learning_rate = 3e-3 if data.name == "digits" else 1e-3
+    epochs, learning_rate = training_schedule(data.name)
+    epochs = nb_epochs if nb_epochs is not None else epochs
     classifier = make_classifier(build_model(arch, nb_classes=data.nb_classes, random_state=random_state))
     if attack == CLEAN:
         return _train_clean_victim(classifier, data, target, epochs, learning_rate, random_state, verbose), data
@@ -334,7 +342,7 @@ def run_grid(
             logger.info("%s seed %d: BA %.3f ASR %.3f", attack, seed, victim.benign_accuracy,
                         victim.attack_success_rate)
             context = EvaluationContext(victim, data.x_test, data.y_test, data.x_test, data.y_test,
-                                        list(layers or []), seed, verbose)
+                                        list(layers or []), seed, verbose, data.name)
             for name in defences:
                 spec = DEFENCES[name]
                 if attack == CLEAN and spec.kind not in _CLEAN_KINDS:

@@ -3,7 +3,8 @@
 Attacks: ``badnets``, ``blend``, ``sig``, ``warp``, ``chessboard``, ``sparse``.
 Defences: ART's own ``art-ac`` and ``art-ss`` exactly as ART users call them (last layer, defaults), and this
 project's layer-selectable ``ac``, ``ss`` and ``sr`` (Subspace Reconstruction); model scanners ``ad``, ``nc``,
-``cepa``; sample detectors ``mbds``, ``mbds-fused`` (white-box, victim-initialised shadows), ``strip``,
+``cepa``, ``cepa-reference`` (CEPA against clean reference models the entry trains on the defender's clean data);
+sample detectors ``mbds``, ``mbds-fused`` (white-box, victim-initialised shadows), ``strip``,
 ``art-strip`` (ART's STRIP on a copy of the classifier), ``feature-squeezing``, ``class-residual`` (white-box
 baseline); the transformer ``fine-pruning``.
 """
@@ -251,6 +252,55 @@ def _cepa(context: EvaluationContext) -> list[DefenceOutcome]:
             extra={"p_value": report.p_value, "variant": report.variant},
         )
     ]
+
+
+#: Clean reference models the ``cepa-reference`` entry trains (once per run and architecture) and the CEPA settings
+#: of its scans (empty: CEPA's defaults, as the ``cepa`` entry).
+CEPA_REFERENCE_MODELS = 5
+CEPA_REFERENCE_SETTINGS: dict[str, Any] = {}
+_CEPA_REFERENCES: dict[tuple[Any, ...], Any] = {}
+
+
+def _cepa_references(context: EvaluationContext, detector: Any) -> Any:
+    """Clean models of the victim's architecture (fresh weights, seeds 10000 + i) trained on the defender's clean
+    data with the victims' schedule and scanned with ``detector``'s settings; kept for the rest of the process, per
+    architecture, clean data, layers and settings."""
+    import torch
+
+    from art_backdoor_ext._torch import reset_parameters
+    from art_backdoor_ext.defences import CEPAReference
+    from art_backdoor_ext.evaluation import training_schedule
+    from art_backdoor_ext.training import fit_classifier
+
+    x, y = context.x_clean, context.y_clean
+    key = (type(context.victim.classifier.model).__name__, x.shape, float(np.sum(x)), context.dataset,
+           tuple(detector._resolved_layers()), CEPA_REFERENCE_MODELS, repr(sorted(CEPA_REFERENCE_SETTINGS.items())))
+    if key not in _CEPA_REFERENCES:
+        name = context.dataset or ("digits" if x.shape[-1] <= 8 else "other")
+        epochs, learning_rate = training_schedule(name)
+        models = []
+        for i in range(CEPA_REFERENCE_MODELS):
+            clf = deepcopy_classifier(context.victim.classifier)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(10_000 + i)
+                reset_parameters(clf.model)
+            fit_classifier(clf, x, y, nb_epochs=epochs, learning_rate=learning_rate, random_state=10_000 + i)
+            models.append(clf)
+        _CEPA_REFERENCES[key] = CEPAReference.scan_references(detector, models, *_clean_set(context, 10))
+    return _CEPA_REFERENCES[key]
+
+
+@register_defence("cepa-reference", "model-scanner",
+                  "CEPA's per-class test against clean reference models trained on the defender's clean data")
+def _cepa_reference(context: EvaluationContext) -> list[DefenceOutcome]:
+    from art_backdoor_ext.defences import CEPA
+
+    detector = CEPA(context.victim.classifier, random_state=context.random_state, **CEPA_REFERENCE_SETTINGS)
+    references = _cepa_references(context, detector)
+    result = references.test(detector.scan(*_clean_set(context, 10)))
+    return [DefenceOutcome(layer=result.layer, detected=result.detected,
+                           found_target=result.target if result.detected else None,
+                           extra={"p_value": result.p_value, "n_references": result.n_references})]
 
 
 def _calibrated_outcome(context: EvaluationContext, detector: Any) -> list[DefenceOutcome]:

@@ -243,3 +243,38 @@ def test_mbds_fused_entry_flags_the_patch_and_leaves_the_victim_alone(badnets_vi
     assert row.f1 > 0.8  # the class residual alone reaches it on this victim (test above)
     after = badnets_victim.classifier.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the shadows trained copies, not the victim
+
+
+def test_cepa_reference_entry_trains_references_once_and_decides_with_their_test(badnets_victim, digits,
+                                                                                  monkeypatch):
+    """The entry trains clean models of the victim's architecture on the defender's clean data (not the victim),
+    scans them with its own settings once per run, and reports the reference test's verdict."""
+    _ensure_registered()
+    from art_backdoor_ext import registry, training
+
+    monkeypatch.setattr(registry, "CEPA_REFERENCE_MODELS", 3)
+    monkeypatch.setattr(registry, "CEPA_REFERENCE_SETTINGS", {"max_iter": 5, "layers": ["relu3"]})
+    monkeypatch.setattr(registry, "_CEPA_REFERENCES", {})
+    fitted = []
+    real_fit = training.fit_classifier
+
+    def counting_fit(clf, x, y, **kwargs):
+        fitted.append((clf, len(x), kwargs["nb_epochs"]))
+        return real_fit(clf, x, y, **{**kwargs, "nb_epochs": 1})
+
+    monkeypatch.setattr(training, "fit_classifier", counting_fit)
+    before = {k: v.clone() for k, v in badnets_victim.classifier.model.state_dict().items()}
+    ctx = EvaluationContext(badnets_victim, digits.x_test, digits.y_test, digits.x_test, digits.y_test, [], 0,
+                            dataset="digits")
+    spec = DEFENCES["cepa-reference"]
+    (outcome,) = spec.run(ctx)
+    assert spec.kind == "model-scanner" and outcome.layer == "relu3"
+    assert len(fitted) == 3 and all(n == len(digits.x_test) and epochs == 20 for _, n, epochs in fitted)
+    assert all(clf is not badnets_victim.classifier for clf, _, _ in fitted)
+    assert outcome.extra["n_references"] == 3
+    assert outcome.detected == (outcome.extra["p_value"] < 0.05)
+    assert (outcome.found_target is None) == (not outcome.detected)
+    (again,) = spec.run(ctx)  # the same run's next victim: the references are reused, not retrained
+    assert len(fitted) == 3 and again.extra["p_value"] == outcome.extra["p_value"]
+    after = badnets_victim.classifier.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

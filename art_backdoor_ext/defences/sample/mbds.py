@@ -49,7 +49,7 @@ from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
 from art_backdoor_ext._progress import progress
-from art_backdoor_ext._torch import classifier_device, layer_names, preprocess, resolve_layers
+from art_backdoor_ext._torch import classifier_device, layer_names, preprocess, reset_parameters, resolve_layers
 from art_backdoor_ext._validation import (
     Instance,
     Interval,
@@ -84,13 +84,6 @@ __all__ = ["MBDS", "MetaClassifier"]
 _EPS = 1e-6
 _MIN_META, _MIN_CAL = 10, 10
 SOURCES = ("shadow", "victim", "victim+residual")
-
-
-def _reset_parameters(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if hasattr(module, "reset_parameters") and callable(module.reset_parameters):
-            module.reset_parameters()
-    return model
 
 
 class MBDS(ParamsMixin, EvasionDetector):
@@ -483,7 +476,7 @@ class MBDS(ParamsMixin, EvasionDetector):
         if self.model_factory is not None:
             return self.model_factory
         template = copy.deepcopy(self.classifier.model).cpu()
-        return lambda _i: _reset_parameters(copy.deepcopy(template))
+        return lambda _i: reset_parameters(copy.deepcopy(template))
 
     def _check_factory(self, factory: Callable[[int], nn.Module], layer: str, shape: tuple[int, int, int]) -> None:
         with torch.random.fork_rng(devices=[]):
