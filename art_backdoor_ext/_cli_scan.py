@@ -18,7 +18,7 @@ DETECTORS = ("ad", "cepa", "nc")
 _ONLY = {"statistic": ("ad",), "null": ("ad",), "norm": ("ad",), "objective": ("ad",), "source_rule": ("ad",),
          "exclusion": ("ad",),
          "significance": ("ad", "cepa"), "layer": ("ad", "cepa"), "variant": ("cepa",),
-         "calibration": ("cepa",), "layer_pooling": ("cepa",)}
+         "calibration": ("cepa",), "layer_pooling": ("cepa",), "reference": ("cepa",)}
 
 
 def add_scan_parser(sub: Any, func: Any) -> None:
@@ -57,6 +57,10 @@ def add_scan_parser(sub: Any, func: Any) -> None:
                            "layers, else 'sidak'), decide layer by layer with a Sidak correction ('sidak'), test "
                            "the layers together ('joint'; report.json's 'joint' holds that test either way) or pool "
                            "their median-relative statistics under one null ('pooled')")
+    scan.add_argument("--reference", default=None,
+                      help="CEPA: a CEPAReference file (CEPAReference.save: clean reference models' statistics, "
+                           "read without pickle); the scan is also tested against it, report.json gets "
+                           "'reference' (scan with the references' layers and settings)")
     scan.add_argument("--significance", type=float, default=None, help="AD, CEPA: detection level (default 0.05)")
     scan.add_argument("--max-iter", type=int, default=None, help="iteration cap (default: the detector's)")
     scan.add_argument("--seed", type=int, default=0, help="random_state of the detector")
@@ -75,13 +79,26 @@ def run_scan(args: argparse.Namespace) -> list[str]:
                 f"--{option.replace('_', '-')} applies to --detector {' or '.join(detectors)}, not {args.detector!r}")
     classifier = _load_classifier(args.arch, args.classes, args.weights)
     x, y = _load_data(args.data)
+    reference = None
+    if args.reference is not None:  # read before the scan: a wrong file fails fast
+        from art_backdoor_ext.defences import CEPAReference
+
+        reference = CEPAReference.load(args.reference)
     detector = _build_detector(args, classifier)
     report = detector.scan(x, y)
+    payload = report.to_dict()
+    lines = [_verdict(args.detector, report)]
+    if reference is not None:
+        test = reference.test(report)
+        payload["reference"] = test.to_dict()
+        lines.append(f"against {test.n_references} clean reference models: "
+                     f"{'BACKDOOR DETECTED' if test.detected else 'no backdoor detected'}: p = {test.p_value:.3g}, "
+                     f"class {test.target} at layer {test.layer}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    (out / "report.json").write_text(json.dumps(payload, indent=2))
     _plot(args.detector, report, out / "statistics.png")
-    return [_verdict(args.detector, report), f"report: {out / 'report.json'}, plot: {out / 'statistics.png'}"]
+    return [*lines, f"report: {out / 'report.json'}, plot: {out / 'statistics.png'}"]
 
 
 def _load_classifier(arch: str, classes: int, weights: str) -> Any:

@@ -53,6 +53,37 @@ def test_cepa_scan_passes_layers_and_variant(saved, tmp_path, capsys):
     assert (tmp_path / "statistics.png").stat().st_size > 1000
 
 
+def test_cepa_scan_against_a_reference_file(saved, tmp_path, capsys):
+    from art_backdoor_ext.defences import CEPAReference
+
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.5, 2.0, (3, 1, 10))  # three references' all-to-one sigma at relu3 (only the file matters)
+    reference = CEPAReference(["relu3"], 1.0 / sigma, settings={"max_iter": 15})
+    reference.save(tmp_path / "refs.npz")
+    code = _scan(saved, tmp_path / "out", "--detector", "cepa", "--layer", "relu3", "--variant", "all-to-one",
+                 "--max-iter", "15", "--reference", str(tmp_path / "refs.npz"))
+    assert code == 0
+    assert "against 3 clean reference models" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    scanned = 1.0 / np.asarray(report["statistics"]["all-to-one"]["relu3"]["sigma"])
+    expected = reference.test(_as_report(report, scanned))
+    assert report["reference"]["p_value"] == pytest.approx(expected.p_value)
+    assert report["reference"]["target"] == expected.target and report["reference"]["n_references"] == 3
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    assert _scan(saved, tmp_path / "bad", "--detector", "cepa", "--reference", str(tmp_path / "bad.npz")) == 2
+    assert "not a CEPA reference file" in capsys.readouterr().err
+    assert _scan(saved, tmp_path / "nc", "--detector", "nc", "--reference", str(tmp_path / "refs.npz")) == 2
+
+
+def _as_report(saved_report, inverse_sigma):
+    from art_backdoor_ext.defences import CEPAReport
+
+    stats = {"all-to-one": {"relu3": {"sigma": 1.0 / inverse_sigma}}}
+    return CEPAReport(detected=False, p_value=1.0, anomaly_index=0.0, target=0, source=None, variant="all-to-one",
+                      layer="relu3", mu=np.zeros(1), misclassification=1.0, statistic="sigma", layers=["relu3"],
+                      statistics=stats, tests=[], significance=0.05, seconds=0.0, settings=saved_report["settings"])
+
+
 @pytest.mark.parametrize(("detector", "option", "value"), [("nc", "--statistic", "size"), ("nc", "--layer", "relu1"),
                                                              ("cepa", "--norm", "l1"), ("ad", "--variant", "pairs"),
                                                              ("ad", "--calibration", "none"),
