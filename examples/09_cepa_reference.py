@@ -3,8 +3,9 @@ models of the same architecture (``CEPAReference``, this project's opt-in additi
 
 CEPA's own test compares the ten putative targets of one model with each other, so a class that is naturally easy
 to reach can look like a backdoor target. With a few clean models trained like the one under test, each class is
-compared with itself instead. Here: eight clean DigitsCNNs (four with ``--fast``) are the references (scanned once, saved and loaded
-back), then a warping-backdoor victim (target 0) and a seventh clean model are tested both ways.
+compared with itself instead. Here: eight clean DigitsCNNs (four with ``--fast``) are the references (scanned
+once, saved and loaded back), then a warping-backdoor victim (target 0) and another clean model are tested both
+ways.
 
 Run: python examples/09_cepa_reference.py [--fast]
 """
@@ -42,8 +43,8 @@ def main(fast: bool = False) -> dict:
     detector = CEPA(victim, random_state=0, **settings)
     # references: clean models trained like the victim (architecture, data distribution, schedule), scanned with the
     # detector's settings and layers; at least 3, and the more the stronger the test (R - 1 degrees of freedom)
-    reference = CEPAReference.scan_references(detector, [clean_model(seed) for seed in range(101, 105 if fast else 109)],
-                                              x_clean, y_clean)
+    clean_models = [clean_model(seed) for seed in range(101, 105 if fast else 109)]
+    reference = CEPAReference.scan_references(detector, clean_models, x_clean, y_clean)
     with tempfile.TemporaryDirectory() as tmp:  # a plain .npz, read back with allow_pickle=False
         path = Path(tmp) / "cepa-references.npz"
         reference.save(path)
