@@ -3,7 +3,8 @@
 The weights are a ``state_dict`` loaded with ``torch.load(..., weights_only=True)`` (a file from a third party
 never runs code); the clean data is an ``.npz`` read with ``allow_pickle=False``. The command writes the
 detector's JSON report and its figure (AD: statistics with the fitted null; CEPA: one bar per putative target
-and layer; Neural Cleanse: mask norms with anomaly indices).
+and layer, and with ``--reference`` each class's z against the clean references in ``reference.png``; Neural
+Cleanse: mask norms with anomaly indices).
 """
 
 from __future__ import annotations
@@ -98,7 +99,13 @@ def run_scan(args: argparse.Namespace) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(payload, indent=2))
     _plot(args.detector, report, out / "statistics.png")
-    return [*lines, f"report: {out / 'report.json'}, plot: {out / 'statistics.png'}"]
+    plots = f"plot: {out / 'statistics.png'}"
+    if reference is not None:
+        from art_backdoor_ext.plotting import plot_cepa_reference
+
+        plot_cepa_reference(test, path=out / "reference.png")
+        plots += f", {out / 'reference.png'}"
+    return [*lines, f"report: {out / 'report.json'}, {plots}"]
 
 
 def _load_classifier(arch: str, classes: int, weights: str) -> Any:

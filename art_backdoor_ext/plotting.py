@@ -160,6 +160,46 @@ def plot_cepa_statistics(report: Any, true_target: int | None = None, path: str 
     return fig
 
 
+def plot_cepa_reference(test: Any, true_target: int | None = None, path: str | Path | None = None) -> Any:
+    """One panel per layer, one bar per class: each class's z against the clean reference models
+    (:class:`~art_backdoor_ext.defences.model.cepa_reference.ReferenceTest`), with the z the largest must exceed
+    to be flagged at the test's significance (dashed; Bonferroni over layers and classes, t on R - 1 degrees of
+    freedom).
+
+    :param test: The result of :meth:`CEPAReference.test`.
+    :param true_target: The attack's target class, if known (outlined in black).
+    :param path: Save the figure there; the figure is returned either way.
+    """
+    from scipy import stats
+
+    plt = _pyplot()
+    layers = list(test.z)
+    n_values = sum(len(test.z[layer]) for layer in layers)
+    cut = float(stats.t.isf(test.significance / n_values, test.n_references - 1))
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 2.8), squeeze=False, sharey=True)
+    for ax, layer in zip(axes[0], layers):
+        z = np.asarray(test.z[layer], dtype=float)
+        colours = ["#8aa"] * len(z)
+        if layer == test.layer:
+            colours[test.target] = "#c33" if test.detected else "#c99"
+        bars = ax.bar(np.arange(len(z)), z, color=colours)
+        if true_target is not None:
+            bars[true_target].set_edgecolor("k")
+            bars[true_target].set_linewidth(2)
+        ax.axhline(cut, color="k", linestyle="--", linewidth=1)
+        ax.set_xticks(np.arange(len(z)))
+        ax.set_xlabel("class")
+        ax.set_title(layer, fontsize=9)
+    axes[0][0].set_ylabel("z against the references")
+    verdict = "backdoor detected" if test.detected else "no backdoor detected"
+    fig.suptitle(f"CEPA vs {test.n_references} clean references: {verdict} (class {test.target}, "
+                 f"p={test.p_value:.2g})", fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
 def plot_trigger_estimate(x: np.ndarray, delta: np.ndarray, x_triggered: np.ndarray | None = None,
                           n: int = 4, path: str | Path | None = None) -> Any:
     """The paper's Fig. 5 layout: clean images, the estimated trigger (``x + delta``) and, when given, the true

@@ -69,6 +69,7 @@ def test_cepa_scan_against_a_reference_file(saved, tmp_path, capsys):
     expected = reference.test(_as_report(report, scanned))
     assert report["reference"]["p_value"] == pytest.approx(expected.p_value)
     assert report["reference"]["target"] == expected.target and report["reference"]["n_references"] == 3
+    assert (tmp_path / "out" / "reference.png").stat().st_size > 1000
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     assert _scan(saved, tmp_path / "bad", "--detector", "cepa", "--reference", str(tmp_path / "bad.npz")) == 2
     assert "not a CEPA reference file" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from art_backdoor_ext.defences.model.cepa_report import CEPAReport  # noqa: E402
 from art_backdoor_ext.exceptions import InvalidParameterError  # noqa: E402
 from art_backdoor_ext.plotting import (  # noqa: E402
     cepa_evidence_by_target,
+    plot_cepa_reference,
     plot_cepa_statistics,
     plot_detection_scores,
     plot_feature_projections,
@@ -69,6 +70,26 @@ def test_bar_chart_has_one_panel_per_test_and_marks_the_targets(tmp_path):
     assert colours[2] != colours[0]  # the reported target stands out
     assert axes[0].patches[2].get_linewidth() == 2  # the true target is outlined
     assert all(c == axes[1].patches[0].get_facecolor() for c in (b.get_facecolor() for b in axes[1].patches))
+
+
+def test_reference_chart_draws_each_layers_z_and_the_flagging_line(tmp_path):
+    from scipy import stats
+
+    from art_backdoor_ext.defences.model.cepa_reference import ReferenceTest
+
+    z = {"conv1": np.array([0.5, -1.0, 9.0, 0.2]), "relu3": np.array([1.0, 0.0, 2.0, -0.5])}
+    test = ReferenceTest(detected=True, p_value=1e-4, target=2, layer="conv1", z=z, n_references=6,
+                         significance=0.05)
+    fig = plot_cepa_reference(test, true_target=2, path=tmp_path / "ref.png")
+    assert (tmp_path / "ref.png").stat().st_size > 0
+    axes = [ax for ax in fig.axes if ax.patches]
+    assert len(axes) == 2
+    np.testing.assert_allclose([b.get_height() for b in axes[0].patches], z["conv1"])
+    np.testing.assert_allclose([b.get_height() for b in axes[1].patches], z["relu3"])
+    cut = stats.t.isf(0.05 / 8, 5)  # Bonferroni over 2 x 4 values, R - 1 = 5 degrees of freedom
+    assert axes[0].lines[0].get_ydata()[0] == pytest.approx(cut)
+    assert axes[0].patches[2].get_facecolor() != axes[0].patches[0].get_facecolor()
+    assert axes[0].patches[2].get_linewidth() == 2
 
 
 def test_trigger_figure_rows_follow_the_inputs():
