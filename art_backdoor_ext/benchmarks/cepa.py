@@ -7,6 +7,10 @@ the attack success rate of the Eq. 1 perturbations on the clean set and of the E
 (:meth:`~art_backdoor_ext.defences.model.cepa.CEPA.estimate_trigger`, given the detected ``mu``) on held-out test
 images, the ground-truth trigger's ASR, and the seconds per scan.
 
+Reference test (opt-in, not in the paper): every victim's scan is also tested against ``references`` clean
+models trained and scanned like the clean victims
+(:class:`~art_backdoor_ext.defences.model.cepa_reference.CEPAReference`; fast 8, full 10).
+
 Speed: the batched optimisation (all class pairs and candidate layers in one forward pass per iteration) against a
 loop over one pair at a time with the same settings, on the same model and clean set, in the same run; the
 statistics must agree.
@@ -34,18 +38,20 @@ from art_backdoor_ext.attacks import triggers
 from art_backdoor_ext.benchmarks import BenchmarkReport, register_benchmark, seeded_victim_setup
 from art_backdoor_ext.datasets import load_dataset
 from art_backdoor_ext.defences.model.cepa import CEPA
-from art_backdoor_ext.functional.reference_null import MIN_REFERENCES, reference_pvalue, reference_zscores
+from art_backdoor_ext.defences.model.cepa_reference import CEPAReference, ReferenceTest
+from art_backdoor_ext.functional.reference_null import MIN_REFERENCES
 from art_backdoor_ext.training import fit_classifier, train_victim
 
 logger = logging.getLogger(__name__)
 
 PROFILES: dict[str, dict[str, Any]] = {
     "fast": {"dataset": "digits", "models": 2, "per_class": 10, "train": None, "epochs": 12, "lr": 3e-3,
-             "arch": "digits-cnn", "rate": 0.1, "warp_rate": 0.1, "patch": 2, "chessboard_norm": 1.0,
+             "arch": "digits-cnn", "rate": 0.1, "warp_rate": 0.1, "patch": 2, "chessboard_norm": 1.0, "references": 8,
              "variant": "all-to-one",
              "max_iter": 200, "eq3_samples": 300, "speed_iter": 60},
     "full": {"dataset": "fashion-mnist", "models": 5, "per_class": 10, "train": 20000, "epochs": 4, "lr": 1e-3,
              "arch": "badnets-cnn", "rate": 0.05, "warp_rate": 0.16, "patch": 3, "chessboard_norm": 2.0,
+             "references": 10,
              "variant": "all-to-one",
              "max_iter": 200, "eq3_samples": 1000, "speed_iter": 100},
 }
@@ -161,30 +167,43 @@ def _variants() -> dict[str, dict[str, Any]]:
                               for label, statistic, inference, pooling in ALTERNATIVES}}
 
 
+def _references(cfg: dict[str, Any], data: Any, random_state: int, verbose: bool) -> CEPAReference | None:
+    """``cfg["references"]`` clean models trained like the clean victims (seeds ``random_state + 500 + i``, never a
+    victim's) and scanned like them: the references of the opt-in
+    :class:`~art_backdoor_ext.defences.model.cepa_reference.CEPAReference` test; None when fewer than it needs."""
+    if cfg.get("references", 0) < MIN_REFERENCES:
+        return None
+    reports = []
+    for i in range(cfg["references"]):
+        seed = random_state + 500 + i
+        clf, _, _ = _victim("clean", seed, data, cfg)
+        clean_idx, _ = _split(data.y_test, cfg["per_class"], seed)
+        det = CEPA(clf, variant=cfg["variant"], max_iter=cfg["max_iter"], random_state=seed, verbose=verbose)
+        reports.append(det.scan(data.x_test[clean_idx], data.y_test[clean_idx]))
+    return CEPAReference.from_reports(reports)
+
+
 def _reference_rows(rows: list[dict[str, Any]], victims: list[dict[str, Any]],
-                    scanned: list[tuple[str, int, int | None, float | None, np.ndarray]], significance: float) -> str:
-    """The reference test (:class:`~art_backdoor_ext.defences.model.cepa_reference.CEPAReference`'s) of every
-    victim against the run's clean models, a clean model never against itself; adds its columns to ``rows`` and
-    ``victims`` and returns the report's note."""
-    clean = [(seed, inv) for group, seed, _, _, inv in scanned if group == "clean"]
-    if len(clean) - 1 < MIN_REFERENCES:
-        return (f"reference test: not run, it needs at least {MIN_REFERENCES + 1} clean models in the run (a clean "
-                f"model is tested against the others), this run has {len(clean)}")
+                    tests: list[ReferenceTest] | None, n_wanted: int) -> str:
+    """The reference test's columns in ``rows`` (per group) and ``victims``, from each victim's
+    :meth:`CEPAReference.test` (``tests``, in the order of ``victims``; None: not run); returns the report's note."""
+    if tests is None:
+        return (f"reference test: not run, it needs at least {MIN_REFERENCES} clean reference models (the profile "
+                f"asks for {n_wanted})")
     outcomes: dict[str, list[bool]] = {}
-    for (group, seed, target, gt_asr, inv), victim in zip(scanned, victims):
-        refs = np.stack([v for s, v in clean if not (group == "clean" and s == seed)])
-        p_value, _, found = reference_pvalue(*reference_zscores(inv, refs))
-        detected = p_value < significance
-        victim["reference (p -> target)"] = f"{p_value:.2g} -> {found}"
+    for test, victim in zip(tests, victims):
+        group, target, gt_asr = victim["group"], victim["target"], victim["gt_asr"]
+        victim["reference (p -> target)"] = f"{test.p_value:.2g} -> {test.target}"
         if group == "clean" or (gt_asr is not None and gt_asr >= MIN_TOOK_ASR):
-            outcomes.setdefault(group, []).append(detected if group == "clean" else detected and found == target)
+            outcomes.setdefault(group, []).append(test.detected if group == "clean"
+                                                  else test.detected and test.target == target)
     for row in rows:
         values = outcomes.get(row["attack"], [])
         key = "reference: false detection" if row["attack"] == "clean" else "reference: target found (attack took)"
         row[key] = float(np.mean(values)) if values else None
-    return (f"reference: CEPAReference's test (functional.reference_null) of each victim against the run's "
-            f"{len(clean)} clean models as references (a clean model against the other {len(clean) - 1}), from "
-            "the same scans; opt-in, it needs clean models of the architecture, which the paper does not assume")
+    n_refs = tests[0].n_references if tests else n_wanted
+    return (f"reference: CEPAReference's test (opt-in, not in the paper) of each victim's scan against {n_refs} "
+            "clean reference models trained and scanned like the clean victims (seeds random_state + 500 + i)")
 
 
 def _draw(figures: dict[str, Any], group: str, report: Any, target: int | None, x_new: np.ndarray,
@@ -212,7 +231,7 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
     speed_row: dict[str, Any] | None = None
     arrays: dict[str, np.ndarray] = {}
     report_figures: dict[str, Any] = {}
-    scanned: list[tuple[str, int, int | None, float | None, np.ndarray]] = []
+    scans: list[Any] = []
     for g, group in enumerate(GROUPS):
         outcomes = []
         for m in range(cfg["models"]):
@@ -243,8 +262,7 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
                              "joint_detected": joint_detected,
                              **{f"alt {label}": (det_ if target is None else bool(det_ and t_ == target))
                                 for label, (det_, t_) in others.items()}})
-            scanned.append((group, seed, target, gt_asr, np.stack(
-                [1.0 / report.statistics["all-to-one"][layer]["sigma"] for layer in report.layers])))
+            scans.append(report)
             if m == 0:
                 _draw(report_figures, group, report, target, x_new, delta, seed, cfg)
             victims.append({"group": group, "seed": seed, "target": target, "detected": report.detected,
@@ -279,7 +297,9 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
             "GT ratio / Eq.1 median": mean("premise"),
             "seconds/model": mean("seconds"),
         })
-    reference_note = _reference_rows(rows, victims, scanned, det.significance)
+    reference = _references(cfg, data, random_state, verbose)
+    reference_note = _reference_rows(rows, victims, None if reference is None else [reference.test(r) for r in scans],
+                                     int(cfg.get("references", 0)))
     report = BenchmarkReport("cepa", profile, {
         "CEPA detection (all-to-one attacks, significance 0.05)": rows,
         "speed: batched optimisation vs one pair at a time (same settings)": [speed_row or {}],

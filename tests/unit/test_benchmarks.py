@@ -266,7 +266,7 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
     from art_backdoor_ext.benchmarks import cepa
 
     monkeypatch.setitem(cepa.PROFILES, "fast", {**cepa.PROFILES["fast"], "models": 1, "epochs": 2, "max_iter": 3,
-                                                "eq3_samples": 20, "speed_iter": 2})
+                                                "eq3_samples": 20, "speed_iter": 2, "references": 3})
     report = run_benchmark("cepa", profile="fast")
     rows, _speed, victims = report.tables.values()
     # the tiny victims' attacks: some took (patch), some did not (2 epochs), so both branches below are exercised
@@ -303,35 +303,39 @@ def test_cepa_benchmark_tiny_run_reports_the_premise_check(monkeypatch):
         for name in cepa.SAVED_STATISTICS:  # every victim's per-target statistics, per layer
             assert report.arrays[f"{victim['group']}/{victim['seed']}/relu3/{name}"].shape == (10,)
     assert any("decided by statistic='sigma' (CEPA's default)" in note for note in report.notes)
-    assert any("reference test: not run" in note for note in report.notes)  # one clean model: no references
+    assert any("against 3 clean reference models" in note for note in report.notes)
+    for row, victim in zip(rows, victims):  # the reference test's columns agree with each victim's p -> class
+        p_text, found = victim["reference (p -> target)"].split(" -> ")
+        if victim["group"] == "clean":
+            assert row["reference: false detection"] == float(float(p_text) < 0.05)
+        elif victim["gt_asr"] >= cepa.MIN_TOOK_ASR:
+            assert row["reference: target found (attack took)"] == float(float(p_text) < 0.05
+                                                                          and int(found) == victim["target"])
+        else:
+            assert row["reference: target found (attack took)"] is None
     json.dumps(report.to_dict())
 
 
-def test_cepa_reference_rows_test_each_victim_against_the_other_clean_models():
+def test_cepa_reference_rows_count_found_targets_and_false_alarms():
     from art_backdoor_ext.benchmarks.cepa import _reference_rows
+    from art_backdoor_ext.defences.model.cepa_reference import ReferenceTest
 
-    rng = np.random.default_rng(0)
-    profile = np.r_[np.ones(8), 2.0, 1.0]  # class 8 naturally easy (large 1 / sigma) in every clean model
+    def result(p: float, target: int) -> ReferenceTest:
+        return ReferenceTest(p < 0.05, p, target, "conv1", {"conv1": np.zeros(10)}, 8, 0.05)
 
-    def inv() -> np.ndarray:
-        return np.stack([profile, profile]) * np.exp(rng.normal(0, 0.05, (2, 10)))
-
-    scanned = [("clean", 400 + i, None, None, inv()) for i in range(6)]
-    planted = inv()
-    planted[0, 3] *= 3.0
-    failed = inv()
-    failed[0, 5] *= 3.0
-    scanned = [("patch", 0, 3, 0.9, planted), ("patch", 1, 5, 0.1, failed)] + scanned
+    victims = [{"group": "patch", "target": 3, "gt_asr": 0.9}, {"group": "patch", "target": 5, "gt_asr": 0.9},
+               {"group": "patch", "target": 1, "gt_asr": 0.1}, {"group": "clean", "target": None, "gt_asr": None},
+               {"group": "clean", "target": None, "gt_asr": None}]
+    tests = [result(0.001, 3), result(0.001, 4), result(0.001, 1), result(0.3, 8), result(0.01, 8)]
     rows = [{"attack": "patch"}, {"attack": "clean"}]
-    victims = [{} for _ in scanned]
-    note = _reference_rows(rows, victims, scanned, 0.05)
-    assert "6 clean models" in note
-    assert rows[0]["reference: target found (attack took)"] == 1.0  # the failed attack is not counted
-    assert rows[1]["reference: false detection"] == 0.0  # each clean model against the other five
-    assert victims[0]["reference (p -> target)"].endswith("-> 3")
-    assert float(victims[1]["reference (p -> target)"].split(" -> ")[0]) < 0.05
-    few = _reference_rows([{"attack": "clean"}], [{}] * 3, scanned[2:5], 0.05)
-    assert "not run" in few and "at least 4" in few
+    note = _reference_rows(rows, victims, tests, 8)
+    assert "against 8 clean reference models" in note
+    # found: right class and detected; the wrong class (victim 2) is a miss; the attack that did not take is not
+    # counted; one of two clean models flagged
+    assert rows[0]["reference: target found (attack took)"] == 0.5
+    assert rows[1]["reference: false detection"] == 0.5
+    assert victims[1]["reference (p -> target)"] == "0.001 -> 4"
+    assert "not run" in _reference_rows([{"attack": "clean"}], victims[3:], None, 2)
 
 
 def test_cepa_per_layer_column_ranks_the_true_target_by_the_detection_statistic():
