@@ -49,6 +49,9 @@ __all__ = ["CEPAReference", "ReferenceTest"]
 COMPARED_SETTINGS = ("variant", "target_misclassification", "lam", "max_iter", "learning_rate", "stop_patience",
                      "max_samples_per_target", "layer_penalty")
 _FORMAT = "art-backdoor-ext/cepa-reference/1"
+#: Below this many references the test has little power (digits: 4 references found 7 of 16 attacks, 8 found all;
+#: docs/benchmarks.md), so fewer are accepted with a warning.
+RECOMMENDED_REFERENCES = 8
 
 
 @dataclass
@@ -100,7 +103,8 @@ class CEPAReference:
     Clean reference models' CEPA statistics, and the per-class test of a new scan against them.
 
     :param layers: The layers every reference was scanned at, in order.
-    :param statistics: ``(R, L, K)`` all-to-one ``1 / sigma`` of the R references, R >= 3.
+    :param statistics: ``(R, L, K)`` all-to-one ``1 / sigma`` of the R references, R >= 3 (8 or more recommended:
+        fewer log a warning).
     :param significance: Level of :meth:`test`'s ``detected``.
     :param settings: The references' scan settings (:attr:`CEPAReport.settings`), compared with each tested scan's.
     """
@@ -115,6 +119,9 @@ class CEPAReference:
                             f"{values.shape[0]}")
         if not 0.0 < significance < 1.0:
             raise InvalidParameterError(f"significance must be in (0, 1), got {significance}")
+        if values.shape[0] < RECOMMENDED_REFERENCES:
+            logger.warning("CEPAReference: %d reference models; the test has R - 1 = %d degrees of freedom and little "
+                           "power below %d references", values.shape[0], values.shape[0] - 1, RECOMMENDED_REFERENCES)
         self.layers = list(layers)
         self.statistics = values.copy()
         self.significance = float(significance)

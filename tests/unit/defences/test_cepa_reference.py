@@ -100,6 +100,10 @@ def test_mismatched_scans_get_clear_errors(reference, caplog):
     with caplog.at_level(logging.WARNING, logger="art_backdoor_ext.defences.model.cepa_reference"):
         ref.test(_report(sigma, settings={**SETTINGS, "max_iter": 50}))
     assert "max_iter" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="art_backdoor_ext.defences.model.cepa_reference"):
+        CEPAReference.from_reports([_report(s) for s in _clean_sigmas(rng, 5)])
+    assert "little power below 8" in caplog.text
 
 
 def test_scan_references_scans_each_clean_model_with_the_detector_settings(digits):
