@@ -256,7 +256,7 @@ def _cepa(context: EvaluationContext) -> list[DefenceOutcome]:
 
 #: Clean reference models the ``cepa-reference`` entry trains (once per run and architecture) and the CEPA settings
 #: of its scans (empty: CEPA's defaults, as the ``cepa`` entry).
-CEPA_REFERENCE_MODELS = 5
+CEPA_REFERENCE_MODELS = 8
 CEPA_REFERENCE_SETTINGS: dict[str, Any] = {}
 _CEPA_REFERENCES: dict[tuple[Any, ...], Any] = {}
 
