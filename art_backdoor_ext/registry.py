@@ -264,7 +264,7 @@ _CEPA_REFERENCES: dict[tuple[Any, ...], Any] = {}
 def _cepa_references(context: EvaluationContext, detector: Any) -> Any:
     """Clean models of the victim's architecture (fresh weights, seeds 10000 + i) trained on the defender's clean
     data with the victims' schedule and scanned with ``detector``'s settings; kept for the rest of the process, per
-    architecture, clean data, layers and settings."""
+    architecture, clean data and settings."""
     import torch
 
     from art_backdoor_ext._torch import reset_parameters
@@ -273,8 +273,9 @@ def _cepa_references(context: EvaluationContext, detector: Any) -> Any:
     from art_backdoor_ext.training import fit_classifier
 
     x, y = context.x_clean, context.y_clean
+    # the architecture and the settings fix the scanned layers (layers=None picks them from the architecture)
     key = (type(context.victim.classifier.model).__name__, x.shape, float(np.sum(x)), context.dataset,
-           tuple(detector._resolved_layers()), CEPA_REFERENCE_MODELS, repr(sorted(CEPA_REFERENCE_SETTINGS.items())))
+           CEPA_REFERENCE_MODELS, repr(sorted(CEPA_REFERENCE_SETTINGS.items())))
     if key not in _CEPA_REFERENCES:
         name = context.dataset or ("digits" if x.shape[-1] <= 8 else "other")
         epochs, learning_rate = training_schedule(name)
