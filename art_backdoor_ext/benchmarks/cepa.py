@@ -167,6 +167,15 @@ def _variants() -> dict[str, dict[str, Any]]:
                               for label, statistic, inference, pooling in ALTERNATIVES}}
 
 
+def _scan_setup(clf: Any, seed: int, data: Any, cfg: dict[str, Any],
+                verbose: bool) -> tuple[CEPA, np.ndarray, np.ndarray, np.ndarray]:
+    """How the benchmark scans a model (victims and references alike): the detector, the defender's clean set
+    (``per_class`` test images per class drawn with ``seed``) and the indices of the rest of the test split."""
+    clean_idx, rest_idx = _split(data.y_test, cfg["per_class"], seed)
+    det = CEPA(clf, variant=cfg["variant"], max_iter=cfg["max_iter"], random_state=seed, verbose=verbose)
+    return det, data.x_test[clean_idx], data.y_test[clean_idx], rest_idx
+
+
 def _references(cfg: dict[str, Any], data: Any, random_state: int, verbose: bool) -> CEPAReference | None:
     """``cfg["references"]`` clean models trained like the clean victims (seeds ``random_state + 500 + i``, never a
     victim's) and scanned like them: the references of the opt-in
@@ -176,10 +185,8 @@ def _references(cfg: dict[str, Any], data: Any, random_state: int, verbose: bool
     reports = []
     for i in range(cfg["references"]):
         seed = random_state + 500 + i
-        clf, _, _ = _victim("clean", seed, data, cfg)
-        clean_idx, _ = _split(data.y_test, cfg["per_class"], seed)
-        det = CEPA(clf, variant=cfg["variant"], max_iter=cfg["max_iter"], random_state=seed, verbose=verbose)
-        reports.append(det.scan(data.x_test[clean_idx], data.y_test[clean_idx]))
+        det, x, y, _ = _scan_setup(_victim("clean", seed, data, cfg)[0], seed, data, cfg, verbose)
+        reports.append(det.scan(x, y))
     return CEPAReference.from_reports(reports)
 
 
@@ -237,9 +244,7 @@ def bench_cepa(*, profile: str, random_state: int, verbose: bool, models: int | 
         for m in range(cfg["models"]):
             seed = random_state + 100 * g + m
             clf, target, gt_asr = _victim(group, seed, data, cfg)
-            clean_idx, rest_idx = _split(data.y_test, cfg["per_class"], seed)
-            x, y = data.x_test[clean_idx], data.y_test[clean_idx]
-            det = CEPA(clf, variant=cfg["variant"], max_iter=cfg["max_iter"], random_state=seed, verbose=verbose)
+            det, x, y, rest_idx = _scan_setup(clf, seed, data, cfg, verbose)
             reports: dict[str, Any] = det.scan_variants(x, y, _variants())
             report = reports["default"]
             pool = rest_idx[data.y_test[rest_idx] != report.target]

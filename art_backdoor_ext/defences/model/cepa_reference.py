@@ -114,9 +114,7 @@ class CEPAReference:
         values = np.asarray(statistics, dtype=np.float64)
         if values.ndim != 3 or values.shape[1] != len(layers):
             raise DataError(f"statistics must be (references, {len(layers)} layers, classes), got {values.shape}")
-        if values.shape[0] < MIN_REFERENCES:
-            raise DataError(f"the reference test needs at least {MIN_REFERENCES} clean reference models, got "
-                            f"{values.shape[0]}")
+        _check_count(values.shape[0])
         if not 0.0 < significance < 1.0:
             raise InvalidParameterError(f"significance must be in (0, 1), got {significance}")
         if values.shape[0] < RECOMMENDED_REFERENCES:
@@ -134,9 +132,7 @@ class CEPAReference:
     @classmethod
     def from_reports(cls, reports: Sequence[CEPAReport], significance: float = 0.05) -> CEPAReference:
         """References from scans of clean models (all with the same layers and settings)."""
-        if len(reports) < MIN_REFERENCES:
-            raise DataError(f"the reference test needs at least {MIN_REFERENCES} scans of clean models, got "
-                            f"{len(reports)}")
+        _check_count(len(reports))
         layers = list(reports[0].layers)
         for i, report in enumerate(reports[1:], start=1):
             if list(report.layers) != layers:
@@ -160,9 +156,7 @@ class CEPAReference:
         """
         if not isinstance(detector, CEPA):
             raise InvalidParameterError(f"detector must be a CEPA instance, got {type(detector).__name__}")
-        if len(classifiers) < MIN_REFERENCES:
-            raise DataError(f"the reference test needs at least {MIN_REFERENCES} clean reference models, got "
-                            f"{len(classifiers)}")
+        _check_count(len(classifiers))  # before any scan
         params = detector.get_params()
         params["layers"] = detector._resolved_layers()
         reports = []
@@ -205,9 +199,16 @@ class CEPAReference:
                 statistics = np.asarray(data["statistics"], dtype=np.float64)
         except (OSError, ValueError, KeyError) as err:
             raise DataError(f"{path} is not a CEPA reference file written by CEPAReference.save: {err}") from err
-        if meta.get("format") != _FORMAT:
-            raise DataError(f"{path} is not a CEPA reference file (format {meta.get('format')!r})")
-        return cls(meta["layers"], statistics, meta["significance"], meta.get("settings"))
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT or "layers" not in meta:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise DataError(f"{path} is not a CEPA reference file (format {found!r})")
+        return cls(meta["layers"], statistics, meta.get("significance", 0.05), meta.get("settings"))
+
+
+def _check_count(n_references: int) -> None:
+    if n_references < MIN_REFERENCES:
+        raise DataError(f"the reference test needs at least {MIN_REFERENCES} clean reference models, got "
+                        f"{n_references}")
 
 
 def _compared(settings: dict[str, Any]) -> dict[str, Any]:
