@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -188,7 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from art_backdoor_ext.allocator import OPT_OUT_ENV, retain_freed_memory
     from art_backdoor_ext.exceptions import ArtBackdoorExtError
+
+    if os.environ.get(OPT_OUT_ENV) != "1":  # batched scans and shadow training reuse freed memory (allocator.py)
+        retain_freed_memory()
 
     try:
         return int(args.func(args))

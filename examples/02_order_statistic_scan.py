@@ -15,12 +15,14 @@ import sys
 
 
 def main(fast: bool = False) -> dict:
+    from art_backdoor_ext.allocator import retain_freed_memory
     from art_backdoor_ext.attacks.triggers import chessboard_trigger
     from art_backdoor_ext.datasets import load_digits, sample_per_class
     from art_backdoor_ext.defences import OrderStatisticDetector
     from art_backdoor_ext.models import build_model, make_classifier
     from art_backdoor_ext.training import train_victim
 
+    retain_freed_memory()  # on glibc: freed CPU memory reused by the batched scan (about 1.3x on CPU); process-wide
     data = load_digits()
     classifier = make_classifier(build_model("digits-cnn", random_state=0))
     victim = train_victim(classifier, data.x_train, data.y_train, data.x_test, data.y_test,
