@@ -33,12 +33,18 @@ def per_image_us(model: torch.nn.Module, n: int, shape: tuple[int, ...], seconds
     return (time.perf_counter() - start) / reps / n * 1e6
 
 
+def frozen_scan_model(arch: str) -> torch.nn.Module:
+    """Fresh weights of ``arch`` in the scan's channels-last copy, parameters frozen as in a scan."""
+    model = scan_model(build_model(arch, random_state=0).eval(), torch.device("cpu"))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def main(archs: list[str]) -> None:
     torch.set_num_threads(1)
     for arch in archs:
-        model = scan_model(build_model(arch, random_state=0).eval(), torch.device("cpu"))
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model = frozen_scan_model(arch)
         small = per_image_us(model, 30, SHAPES[arch])
         large = per_image_us(model, 510, SHAPES[arch])
         print(f"{arch}: {small:.0f} us per image at 30 images, {large:.0f} us at 510: ceiling {small / large:.2f}x",

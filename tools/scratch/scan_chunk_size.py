@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from art_backdoor_ext._torch import scan_model
-from art_backdoor_ext.models import build_model
+sys.path.insert(0, str(Path(__file__).parent))
+from ad_batching_ceiling import frozen_scan_model  # noqa: E402
 
 SHAPES = {"digits-cnn": (1, 8, 8), "badnets-cnn": (1, 28, 28), "cifar-cnn": (3, 32, 32)}
 CHUNKS = (16, 32, 64, 128, 256, 512, 1024)
@@ -36,9 +37,7 @@ def per_image_us(model: torch.nn.Module, n: int, shape: tuple[int, ...], seconds
 def main(archs: list[str]) -> None:
     torch.set_num_threads(1)
     for arch in archs:
-        model = scan_model(build_model(arch, random_state=0).eval(), torch.device("cpu"))
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model = frozen_scan_model(arch)
         cells = [f"{n}: {per_image_us(model, n, SHAPES[arch]):.1f}" for n in CHUNKS]
         print(f"{arch} (us per image at N images) " + ", ".join(cells), flush=True)
 
