@@ -498,3 +498,28 @@ def test_bench_ad_default_row_names_the_source_as_the_detector_does():
     named = source_by_size(ost, sizes)
     assert (ost.source, ost.target) == (4, 2) and (named.source, named.target) == (6, 2)
     assert named.p_value == ost.p_value
+
+
+def test_bench_ad_speed_rows_cover_each_clean_set_size(monkeypatch):
+    """bench ad times the batched engine against the one-pair loop at several clean-set sizes on one victim; the
+    loop reproduces the batched sizes at each."""
+    from art_backdoor_ext.benchmarks import ad
+    from art_backdoor_ext.defences.model.order_statistic import OrderStatisticDetector
+
+    class Quick(OrderStatisticDetector):
+        def __init__(self, clf, **kw):
+            super().__init__(clf, **{**kw, "max_iter": 3})
+
+    monkeypatch.setattr(ad, "OrderStatisticDetector", Quick)
+    monkeypatch.setattr(ad, "_neural_cleanse", lambda: None)
+    monkeypatch.setattr(ad, "_ad_reports", lambda *a: {})  # the detection tables are tested above
+    monkeypatch.setitem(ad.PROFILES, "fast", {**ad.PROFILES["fast"], "models": 1, "per_class": 3, "epochs": 1,
+                                              "variants": ["AD-J-P (input)"], "speed": True,
+                                              "speed_per_class": (2, 3)})
+    rows = run_benchmark("ad", profile="fast").tables[
+        "speed: batched engine vs one pair at a time (input space, same stopping rule)"]
+    assert [r["images per class"] for r in rows] == [2, 3]  # the profile's own size is not repeated
+    for row in rows:
+        assert row["pairs"] == 90 and row["torch threads"] >= 1
+        assert row["speedup"] == pytest.approx(row["one_pair_loop_s"] / row["batched_s"])
+        assert row["max_relative_difference"] < 1e-4
